@@ -1,0 +1,1 @@
+//! Backup strategies and the streaming backup pipeline. Not implemented yet.

@@ -1,0 +1,1 @@
+//! PostgreSQL driver for guest-agent.

@@ -1,0 +1,1 @@
+//! Conformance suite for guest-agent drivers.
