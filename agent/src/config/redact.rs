@@ -1,0 +1,1 @@
+//! Redaction of secrets in the effective configuration printed by `check-config`.

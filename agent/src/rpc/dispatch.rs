@@ -1,0 +1,467 @@
+//! The dispatcher: runs parsed requests against the driver with the concurrency rules
+//! (mutating operations one at a time, reads concurrently, long operations tracked), records
+//! metrics, and refuses new work once shutdown begins.
+//!
+//! Every operation runs in its own tracked task, so a caller that goes away (a dropped HTTP
+//! connection) never aborts a half-done change; shutdown waits for these tasks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use guest_agent_api::admin::{DatabaseSpec, UserInfo};
+use guest_agent_api::{DatastoreStatus, Driver, Error as DriverError, OpContext, StopMode};
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ops::{OpState, OperationTracker};
+use super::{Access, Request, RpcError};
+use crate::state::{AgentState, Phase};
+use crate::telemetry::Metrics;
+
+/// Who asked, and through what.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Request id (the control plane's, or a fresh one).
+    pub request_id: String,
+    /// `http` or `amqp`.
+    pub transport: &'static str,
+    /// The authenticated peer (certificate subject) or address, for logs.
+    pub peer: Option<String>,
+}
+
+impl RequestContext {
+    /// A context with a fresh request id.
+    pub fn new(transport: &'static str) -> Self {
+        Self { request_id: format!("req-{}", uuid::Uuid::new_v4()), transport, peer: None }
+    }
+}
+
+/// Runs operations against the driver.
+#[derive(Debug)]
+pub struct Dispatcher {
+    driver: Arc<dyn Driver>,
+    state: Arc<AgentState>,
+    metrics: Arc<Metrics>,
+    ops: OperationTracker,
+    datastore: RwLock<()>,
+    tasks: TaskTracker,
+    accepting: AtomicBool,
+    /// Cancels driver work when the shutdown grace runs out.
+    cancel: CancellationToken,
+    data_dir: PathBuf,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `driver`.
+    pub fn new(driver: Arc<dyn Driver>, state: Arc<AgentState>, metrics: Arc<Metrics>) -> Self {
+        let data_dir = driver.info().data_dir.clone();
+        Self {
+            driver,
+            state,
+            metrics,
+            ops: OperationTracker::default(),
+            datastore: RwLock::new(()),
+            tasks: TaskTracker::new(),
+            accepting: AtomicBool::new(true),
+            cancel: CancellationToken::new(),
+            data_dir,
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.driver
+    }
+
+    /// The agent state.
+    pub fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs `method` with `args`. Unknown methods and bad arguments fail before anything runs.
+    pub async fn dispatch(self: &Arc<Self>, method: &str, args: Value, ctx: RequestContext) -> Result<Value, RpcError> {
+        let started = Instant::now();
+        let label = if Request::METHODS.contains(&method) { method } else { "unknown" };
+        let result = if self.accepting.load(Ordering::SeqCst) {
+            match Request::parse(method, args) {
+                Ok(req) => {
+                    let this = Arc::clone(self);
+                    let method_owned = method.to_owned();
+                    let ctx2 = ctx.clone();
+                    match self.tasks.spawn(async move { this.run(&method_owned, req, &ctx2).await }).await {
+                        Ok(r) => r,
+                        Err(e) => Err(RpcError::Internal(format!("operation task failed: {e}"))),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            Err(RpcError::ShuttingDown)
+        };
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics.observe(label, result.is_ok(), secs);
+        match &result {
+            Ok(_) => tracing::info!(
+                method = label, request_id = %ctx.request_id, transport = ctx.transport,
+                ms = secs * 1000.0, "Operation finished."
+            ),
+            Err(e) => tracing::warn!(
+                method = label, request_id = %ctx.request_id, transport = ctx.transport,
+                ms = secs * 1000.0, error_type = e.kind(), error = %e, "Operation failed."
+            ),
+        }
+        result
+    }
+
+    fn op_context(&self, ctx: &RequestContext) -> OpContext {
+        OpContext::child_of(ctx.request_id.clone(), &self.cancel)
+    }
+
+    fn require_prepared(&self, operation: &'static str) -> Result<(), RpcError> {
+        match self.state.phase() {
+            Phase::Prepared => Ok(()),
+            Phase::Building => Err(DriverError::InvalidState {
+                operation,
+                reason: "prepare is still running".to_owned(),
+            }
+            .into()),
+            Phase::New => Err(DriverError::InvalidState {
+                operation,
+                reason: "the datastore has not been prepared".to_owned(),
+            }
+            .into()),
+            Phase::Failed(msg) => Err(DriverError::InvalidState {
+                operation,
+                reason: format!("prepare failed: {msg}"),
+            }
+            .into()),
+        }
+    }
+
+    async fn run(self: &Arc<Self>, method: &str, req: Request, ctx: &RequestContext) -> Result<Value, RpcError> {
+        match req.access() {
+            Access::Free => self.run_free(req).await,
+            Access::Read => {
+                self.require_prepared("read")?;
+                let _guard = self.datastore.read().await;
+                self.run_locked(method, req, ctx).await
+            }
+            Access::Write => {
+                if let Request::Prepare(spec) = req {
+                    return self.start_prepare(*spec, ctx);
+                }
+                self.require_prepared("change")?;
+                let _guard = self.datastore.write().await;
+                self.run_locked(method, req, ctx).await
+            }
+        }
+    }
+
+    async fn run_free(&self, req: Request) -> Result<Value, RpcError> {
+        Ok(match req {
+            Request::Ping => Value::Bool(true),
+            Request::FilesystemStats => {
+                let ctx = OpContext::new("fs-stats");
+                let extra = if self.state.phase() == Phase::Prepared {
+                    // The stats stay useful even when the datastore is down.
+                    self.driver.health().filesystem_extra(&ctx).await.unwrap_or_default()
+                } else {
+                    serde_json::Map::new()
+                };
+                filesystem_stats(&self.data_dir, extra)?
+            }
+            Request::HwInfo => hwinfo()?,
+            Request::Status => self.status_json().await,
+            Request::GetOperation(id) => match self.ops.get(&id) {
+                Some(op) => serde_json::to_value(op).map_err(|e| RpcError::Internal(e.to_string()))?,
+                None => return Err(DriverError::NotFound { what: "operation", name: id }.into()),
+            },
+            Request::GetRootPassword => {
+                return Err(DriverError::NotSupported {
+                    operation: "get_root_password",
+                    driver: self.driver.info().name,
+                }
+                .into());
+            }
+            other => return Err(RpcError::Internal(format!("{other:?} is not lock-free"))),
+        })
+    }
+
+    fn start_prepare(self: &Arc<Self>, spec: guest_agent_api::lifecycle::PrepareSpec, ctx: &RequestContext) -> Result<Value, RpcError> {
+        match self.state.phase() {
+            Phase::Building => {
+                return Err(DriverError::InvalidState { operation: "prepare", reason: "prepare is already running".into() }.into());
+            }
+            Phase::Prepared => {
+                return Err(DriverError::InvalidState { operation: "prepare", reason: "the datastore is already prepared".into() }.into());
+            }
+            Phase::New | Phase::Failed(_) => {}
+        }
+        self.state
+            .begin_prepare()
+            .map_err(|e| RpcError::Internal(format!("writing the prepare marker: {e}")))?;
+        let op = self.ops.begin("prepare", &ctx.request_id);
+        let this = Arc::clone(self);
+        let op_ctx = self.op_context(ctx);
+        let id = op.id.clone();
+        self.tasks.spawn(async move {
+            let _guard = this.datastore.write().await;
+            tracing::info!(operation = %id, "Prepare started.");
+            let outcome = this.driver.lifecycle().prepare(&op_ctx, &spec).await;
+            let (state, marker) = match &outcome {
+                Ok(()) => {
+                    tracing::info!(operation = %id, "Prepare finished.");
+                    (OpState::Succeeded { result: Value::Null }, Ok(()))
+                }
+                Err(e) => {
+                    tracing::error!(operation = %id, error = %e, "Prepare failed.");
+                    (
+                        OpState::Failed { error_type: e.kind().to_owned(), message: e.to_string() },
+                        Err(e.to_string()),
+                    )
+                }
+            };
+            if let Err(e) = this.state.end_prepare(marker) {
+                tracing::error!(error = %e, "Could not persist the prepare outcome.");
+            }
+            this.ops.finish(&id, state);
+        });
+        Ok(json!({"operation": op}))
+    }
+
+    async fn run_locked(&self, method: &str, req: Request, ctx: &RequestContext) -> Result<Value, RpcError> {
+        let c = self.op_context(ctx);
+        let d = &self.driver;
+        let admin = d.admin();
+        let out = match req {
+            Request::CreateDatabases(dbs) => {
+                admin.create_databases(&c, &dbs).await?;
+                Value::Null
+            }
+            Request::ListDatabases(page) => {
+                let p = admin.list_databases(&c, &page).await?;
+                json!([p.items.iter().map(schema_json).collect::<Vec<_>>(), p.next_marker])
+            }
+            Request::DeleteDatabase(name) => {
+                admin.drop_database(&c, &name).await?;
+                Value::Null
+            }
+            Request::CreateUsers(users) => {
+                admin.create_users(&c, &users).await?;
+                Value::Null
+            }
+            Request::GetUser(u) => match admin.get_user(&c, &u).await? {
+                Some(info) => user_json(&info),
+                None => Value::Null,
+            },
+            Request::ListUsers(page) => {
+                let p = admin.list_users(&c, &page).await?;
+                json!([p.items.iter().map(user_json).collect::<Vec<_>>(), p.next_marker])
+            }
+            Request::DeleteUser(u) => {
+                admin.drop_user(&c, &u).await?;
+                Value::Null
+            }
+            Request::GrantAccess(u, dbs) => {
+                admin.grant_access(&c, &u, &dbs).await?;
+                Value::Null
+            }
+            Request::RevokeAccess(u, db) => {
+                admin.revoke_access(&c, &u, &db).await?;
+                Value::Null
+            }
+            Request::ListAccess(u) => {
+                Value::Array(admin.list_access(&c, &u).await?.iter().map(schema_json).collect())
+            }
+            Request::ChangePasswords(changes) => {
+                admin.change_passwords(&c, &changes).await?;
+                Value::Null
+            }
+            Request::UpdateAttributes(u, update) => {
+                admin.update_attributes(&c, &u, &update).await?;
+                Value::Null
+            }
+            Request::EnableRoot(pw) => {
+                let creds = admin.enable_root(&c, pw).await?;
+                json!({"_name": creds.name.as_str(), "_password": creds.password.expose(),
+                       "_host": "%", "_databases": [], "_is_root": true})
+            }
+            Request::DisableRoot => {
+                admin.disable_root(&c).await?;
+                Value::Null
+            }
+            Request::IsRootEnabled => Value::Bool(admin.is_root_enabled(&c).await?),
+            Request::Restart => {
+                self.state.set_restarting(true);
+                let r = d.lifecycle().restart(&c).await;
+                self.state.set_restarting(false);
+                r?;
+                Value::Null
+            }
+            Request::StopDb => {
+                d.lifecycle().stop(&c, StopMode::Fast).await?;
+                self.state.poke();
+                Value::Null
+            }
+            Request::StartDb => {
+                d.lifecycle().start(&c).await?;
+                self.state.poke();
+                Value::Null
+            }
+            Request::Diagnostics => serde_json::to_value(d.health().details(&c).await?)
+                .map_err(|e| RpcError::Internal(e.to_string()))?,
+            Request::LatestTxnId => Value::String(d.health().position(&c).await?.to_string()),
+            Request::GetPosition => serde_json::to_value(d.health().position(&c).await?)
+                .map_err(|e| RpcError::Internal(e.to_string()))?,
+            Request::ReachedPosition(target) => {
+                let here = d.health().position(&c).await?;
+                let reached = here.reached(&target).map_err(|e| RpcError::invalid_args(method, "position", e.to_string()))?;
+                json!({"reached": reached, "position": here})
+            }
+            other => return Err(RpcError::Internal(format!("{other:?} dispatched to the wrong lock"))),
+        };
+        Ok(out)
+    }
+
+    /// The status to report now: the agent's phase first, then the datastore's own status.
+    pub async fn current_status(&self) -> DatastoreStatus {
+        match self.state.phase() {
+            Phase::New => DatastoreStatus::New,
+            Phase::Building => DatastoreStatus::Building,
+            Phase::Failed(_) => DatastoreStatus::FailedToSpawn,
+            Phase::Prepared if self.state.restarting() => DatastoreStatus::Restarting,
+            Phase::Prepared => self.driver.lifecycle().status(&OpContext::new("status")).await,
+        }
+    }
+
+    /// `GET /v1/status` and `get_status`: phase, status, driver and operations.
+    pub async fn status_json(&self) -> Value {
+        let status = self.current_status().await;
+        let info = self.driver.info();
+        let phase = match self.state.phase() {
+            Phase::New => json!({"phase": "new"}),
+            Phase::Building => json!({"phase": "building"}),
+            Phase::Prepared => json!({"phase": "prepared"}),
+            Phase::Failed(m) => json!({"phase": "failed", "error": m}),
+        };
+        json!({
+            "service_status": status,
+            "prepare": phase,
+            "driver": {"name": info.name, "capabilities": info.capabilities},
+            "running_operations": self.ops.running(),
+        })
+    }
+
+    /// Stops taking new operations; in-flight ones continue.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.tasks.close();
+    }
+
+    /// Waits up to `grace` for in-flight operations, then cancels them and waits a little
+    /// more for them to notice. Returns whether everything finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.stop_accepting();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return true;
+        }
+        tracing::warn!(running = self.tasks.len(), "Cancelling operations still running after the grace period.");
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// Trove's schema dict.
+fn schema_json(d: &DatabaseSpec) -> Value {
+    json!({"_name": d.name.as_str(), "_character_set": d.character_set, "_collate": d.collate})
+}
+
+/// Trove's serialized user (no password).
+fn user_json(u: &UserInfo) -> Value {
+    json!({"_name": u.name.as_str(), "_host": u.host.as_str(), "_password": null,
+           "_databases": u.databases.iter().map(schema_json).collect::<Vec<_>>(), "_is_root": false})
+}
+
+/// Rounds bytes to GiB with 2 decimals, at least 0.01 (Trove's `get_filesystem_stats`).
+#[allow(clippy::cast_precision_loss)]
+fn gib(bytes: u64) -> f64 {
+    let v = (bytes as f64 / f64::from(1u32 << 30) * 100.0).round() / 100.0;
+    v.max(0.01)
+}
+
+/// Trove's `get_filesystem_stats` for the file system holding `path` (or its nearest
+/// existing ancestor, before prepare created it).
+fn filesystem_stats(path: &Path, extra: serde_json::Map<String, Value>) -> Result<Value, RpcError> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    let st = nix::sys::statvfs::statvfs(p)
+        .map_err(|e| DriverError::io(format!("statvfs {}", p.display()), std::io::Error::from(e)))?;
+    let bs = st.fragment_size();
+    let total_blocks = st.blocks();
+    let free_blocks = st.blocks_free();
+    let avail_blocks = st.blocks_available();
+    Ok(json!({
+        "block_size": bs,
+        "total_blocks": total_blocks,
+        "free_blocks": free_blocks,
+        "avail_blocks": avail_blocks,
+        "total": gib(total_blocks * bs),
+        "free": free_blocks * bs,
+        "used": gib(total_blocks.saturating_sub(free_blocks) * bs),
+        "mgr_extra_info": extra,
+    }))
+}
+
+/// CPU count and memory (kB), the shape Trove's `get_hwinfo` once returned.
+fn hwinfo() -> Result<Value, RpcError> {
+    let cpus = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| DriverError::io("reading /proc/meminfo", e))?;
+    let mem_kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(json!({"num_cpus": cpus, "mem_total": mem_kb}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gib_rounding_matches_trove() {
+        // Figures from a captured Trove reply: 66053021 blocks of 4096 bytes = 251.97.
+        assert!((gib(66_053_021 * 4096) - 251.97).abs() < 1e-9);
+        assert!((gib((66_053_021 - 61_633_196) * 4096) - 16.86).abs() < 1e-9);
+        assert!((gib(1) - 0.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fs_stats_shape() {
+        let v = filesystem_stats(Path::new("/definitely/not/here"), serde_json::Map::new()).unwrap();
+        for k in ["block_size", "total_blocks", "free_blocks", "avail_blocks", "total", "free", "used", "mgr_extra_info"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v["total"].as_f64().unwrap() >= 0.01);
+    }
+
+    #[test]
+    fn hwinfo_reads_proc() {
+        let v = hwinfo().unwrap();
+        assert!(v["num_cpus"].as_u64().unwrap() >= 1);
+        assert!(v["mem_total"].as_u64().unwrap() > 0);
+    }
+}

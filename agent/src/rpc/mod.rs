@@ -1,0 +1,569 @@
+//! The transport-agnostic operation set: Trove's guest agent methods (and a few extensions)
+//! parsed into one typed [`Request`] per method before anything runs.
+//!
+//! Argument names and shapes are Trove's (`shared/research/trove.md` §1): serialized users
+//! and databases carry underscore-prefixed keys (`_name`, `_host` ...), unknown keyword
+//! arguments are accepted and ignored (a 1.0 `stop_db` still sends `do_not_start_on_reboot`),
+//! and a bad argument is reported with its name.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use guest_agent_api::admin::{DatabaseSpec, PageRequest, PasswordChange, UserRef, UserSpec, UserUpdate};
+use guest_agent_api::ident::{DbName, HostPattern, Password, UserName};
+use guest_agent_api::lifecycle::PrepareSpec;
+use guest_agent_api::{Error as DriverError, Position};
+
+pub mod dispatch;
+pub mod error;
+pub mod ops;
+
+pub use dispatch::{Dispatcher, RequestContext};
+pub use error::RpcError;
+
+/// Whether an operation changes the datastore (runs alone) or only reads (runs concurrently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Needs no datastore lock at all.
+    Free,
+    /// Shares the datastore with other readers.
+    Read,
+    /// Runs alone.
+    Write,
+}
+
+/// One parsed operation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Request {
+    /// `rpc_ping` → `true`.
+    Ping,
+    /// `prepare`: initialise and start the datastore (a tracked long operation).
+    Prepare(Box<PrepareSpec>),
+    /// `create_database`.
+    CreateDatabases(Vec<DatabaseSpec>),
+    /// `list_databases` → `[databases, next_marker]`.
+    ListDatabases(PageRequest),
+    /// `delete_database`.
+    DeleteDatabase(DbName),
+    /// `create_user`.
+    CreateUsers(Vec<UserSpec>),
+    /// `get_user` → user or null.
+    GetUser(UserRef),
+    /// `list_users` → `[users, next_marker]`.
+    ListUsers(PageRequest),
+    /// `delete_user`.
+    DeleteUser(UserRef),
+    /// `grant_access`.
+    GrantAccess(UserRef, Vec<DbName>),
+    /// `revoke_access`.
+    RevokeAccess(UserRef, DbName),
+    /// `list_access` → databases.
+    ListAccess(UserRef),
+    /// `change_passwords`.
+    ChangePasswords(Vec<PasswordChange>),
+    /// `update_attributes`.
+    UpdateAttributes(UserRef, UserUpdate),
+    /// `enable_root` / `enable_root_with_password` → the root user.
+    EnableRoot(Option<Password>),
+    /// `disable_root`.
+    DisableRoot,
+    /// `is_root_enabled` → bool.
+    IsRootEnabled,
+    /// `get_root_password`: Trove's base manager does not support it.
+    GetRootPassword,
+    /// `restart`.
+    Restart,
+    /// `stop_db`.
+    StopDb,
+    /// `start_db` (extension): start a stopped datastore.
+    StartDb,
+    /// `get_filesystem_stats`.
+    FilesystemStats,
+    /// `get_diagnostics` → health details.
+    Diagnostics,
+    /// `get_hwinfo` → CPU count and memory.
+    HwInfo,
+    /// `get_latest_txn_id` → position as a string.
+    LatestTxnId,
+    /// `get_position` (extension) → typed position.
+    GetPosition,
+    /// `wait_for_position` (extension): wait until the position is reached locally.
+    ReachedPosition(Position),
+    /// `get_status` (extension) → status and details.
+    Status,
+    /// `get_operation` (extension) → a tracked operation.
+    GetOperation(String),
+}
+
+impl Request {
+    /// Every method name this agent answers, for docs and the OpenAPI test.
+    pub const METHODS: &'static [&'static str] = &[
+        "rpc_ping",
+        "prepare",
+        "create_database",
+        "list_databases",
+        "delete_database",
+        "create_user",
+        "get_user",
+        "list_users",
+        "delete_user",
+        "grant_access",
+        "revoke_access",
+        "list_access",
+        "change_passwords",
+        "update_attributes",
+        "enable_root",
+        "enable_root_with_password",
+        "disable_root",
+        "is_root_enabled",
+        "get_root_password",
+        "restart",
+        "stop_db",
+        "start_db",
+        "get_filesystem_stats",
+        "get_diagnostics",
+        "get_hwinfo",
+        "get_latest_txn_id",
+        "get_position",
+        "position_reached",
+        "get_status",
+        "get_operation",
+    ];
+
+    /// Parses `method` with its keyword arguments (a JSON object; `null` counts as `{}`).
+    pub fn parse(method: &str, args: Value) -> Result<Self, RpcError> {
+        let mut args = match args {
+            Value::Object(m) => m,
+            Value::Null => serde_json::Map::new(),
+            other => {
+                return Err(RpcError::Malformed(format!(
+                    "arguments must be a JSON object, not {}",
+                    type_name(&other)
+                )));
+            }
+        };
+        let mut a = Args { method, map: &mut args };
+        let req = match method {
+            "rpc_ping" => Self::Ping,
+            "prepare" => Self::Prepare(Box::new(a.prepare()?)),
+            "create_database" => {
+                let dbs: Vec<WireDatabase> = a.req("databases")?;
+                Self::CreateDatabases(a.databases("databases", dbs)?)
+            }
+            "list_databases" => Self::ListDatabases(a.page()?),
+            "delete_database" => {
+                let db: WireDatabase = a.req("database")?;
+                Self::DeleteDatabase(a.db_name("database._name", db.name)?)
+            }
+            "create_user" => {
+                let users: Vec<WireUser> = a.req("users")?;
+                let mut out = Vec::with_capacity(users.len());
+                for (i, u) in users.into_iter().enumerate() {
+                    out.push(a.user_spec(&format!("users[{i}]"), u)?);
+                }
+                Self::CreateUsers(out)
+            }
+            "get_user" => Self::GetUser(a.user_ref("username", "hostname")?),
+            "list_users" => Self::ListUsers(a.page()?),
+            "delete_user" => {
+                let u: WireUser = a.req("user")?;
+                let name = a.user_name("user._name", u.name)?;
+                let host = a.host("user._host", u.host)?;
+                Self::DeleteUser(UserRef { name, host })
+            }
+            "grant_access" => {
+                let user = a.user_ref("username", "hostname")?;
+                let names: Vec<String> = a.req("databases")?;
+                let mut dbs = Vec::with_capacity(names.len());
+                for (i, n) in names.into_iter().enumerate() {
+                    dbs.push(a.db_name(&format!("databases[{i}]"), n)?);
+                }
+                Self::GrantAccess(user, dbs)
+            }
+            "revoke_access" => {
+                let user = a.user_ref("username", "hostname")?;
+                let db: String = a.req("database")?;
+                Self::RevokeAccess(user, a.db_name("database", db)?)
+            }
+            "list_access" => Self::ListAccess(a.user_ref("username", "hostname")?),
+            "change_passwords" => {
+                let users: Vec<WireCredentials> = a.req("users")?;
+                let mut out = Vec::with_capacity(users.len());
+                for (i, u) in users.into_iter().enumerate() {
+                    let f = format!("users[{i}]");
+                    let name = a.user_name(&format!("{f}.name"), u.name)?;
+                    let host = a.host(&format!("{f}.host"), u.host)?;
+                    let password = a.password(&format!("{f}.password"), u.password)?;
+                    out.push(PasswordChange { user: UserRef { name, host }, password });
+                }
+                Self::ChangePasswords(out)
+            }
+            "update_attributes" => {
+                let user = a.user_ref("username", "hostname")?;
+                let attrs: WireUserAttrs = a.req("user_attrs")?;
+                let update = UserUpdate {
+                    name: attrs.name.map(|n| a.user_name("user_attrs.name", n)).transpose()?,
+                    host: attrs.host.map(|h| a.host("user_attrs.host", Some(h))).transpose()?,
+                    password: attrs
+                        .password
+                        .map(|p| a.password("user_attrs.password", p))
+                        .transpose()?,
+                };
+                Self::UpdateAttributes(user, update)
+            }
+            "enable_root" => Self::EnableRoot(None),
+            "enable_root_with_password" => {
+                let pw: Option<String> = a.opt("root_password")?;
+                Self::EnableRoot(pw.map(|p| a.password("root_password", p)).transpose()?)
+            }
+            "disable_root" => Self::DisableRoot,
+            "is_root_enabled" => Self::IsRootEnabled,
+            "get_root_password" => Self::GetRootPassword,
+            "restart" => Self::Restart,
+            "stop_db" => Self::StopDb,
+            "start_db" => Self::StartDb,
+            "get_filesystem_stats" => Self::FilesystemStats,
+            "get_diagnostics" => Self::Diagnostics,
+            "get_hwinfo" => Self::HwInfo,
+            "get_latest_txn_id" => Self::LatestTxnId,
+            "get_position" => Self::GetPosition,
+            "position_reached" => {
+                let p: Position = a.req("position")?;
+                Self::ReachedPosition(p)
+            }
+            "get_status" => Self::Status,
+            "get_operation" => Self::GetOperation(a.req("id")?),
+            _ => return Err(RpcError::UnknownMethod { name: method.to_owned() }),
+        };
+        Ok(req)
+    }
+
+    /// The lock this request takes.
+    pub fn access(&self) -> Access {
+        match self {
+            Self::Ping
+            | Self::FilesystemStats
+            | Self::HwInfo
+            | Self::Status
+            | Self::GetOperation(_)
+            | Self::GetRootPassword => Access::Free,
+            Self::ListDatabases(_)
+            | Self::GetUser(_)
+            | Self::ListUsers(_)
+            | Self::ListAccess(_)
+            | Self::IsRootEnabled
+            | Self::Diagnostics
+            | Self::LatestTxnId
+            | Self::GetPosition
+            | Self::ReachedPosition(_) => Access::Read,
+            _ => Access::Write,
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A Trove schema dict: `{"_name", "_character_set", "_collate"}` (plain keys accepted too).
+#[derive(Debug, Deserialize)]
+struct WireDatabase {
+    #[serde(rename = "_name", alias = "name")]
+    name: String,
+    #[serde(default, rename = "_character_set", alias = "character_set")]
+    character_set: Option<String>,
+    #[serde(default, rename = "_collate", alias = "collate")]
+    collate: Option<String>,
+}
+
+/// A Trove serialized user: `{"_name", "_password", "_host", "_databases", "_is_root"}`.
+#[derive(Debug, Deserialize)]
+struct WireUser {
+    #[serde(rename = "_name", alias = "name")]
+    name: String,
+    #[serde(default, rename = "_password", alias = "password")]
+    password: Option<String>,
+    #[serde(default, rename = "_host", alias = "host")]
+    host: Option<String>,
+    #[serde(default, rename = "_databases", alias = "databases")]
+    databases: Vec<WireDatabase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireCredentials {
+    name: String,
+    #[serde(default)]
+    host: Option<String>,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUserAttrs {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Typed access to a method's keyword arguments, naming the field in every error.
+struct Args<'a> {
+    method: &'a str,
+    map: &'a mut serde_json::Map<String, Value>,
+}
+
+impl Args<'_> {
+    fn err(&self, field: &str, reason: impl Into<String>) -> RpcError {
+        RpcError::invalid_args(self.method, field, reason)
+    }
+
+    fn driver_err(&self, e: DriverError) -> RpcError {
+        match e {
+            DriverError::InvalidArgument { field, reason } => self.err(&field, reason),
+            other => RpcError::Driver(other),
+        }
+    }
+
+    /// A required argument (present and not null).
+    fn req<T: DeserializeOwned>(&mut self, key: &str) -> Result<T, RpcError> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Err(self.err(key, "is required")),
+            Some(v) => serde_json::from_value(v).map_err(|e| self.err(key, e.to_string())),
+        }
+    }
+
+    /// An optional argument (absent or null is `None`).
+    fn opt<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, RpcError> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| self.err(key, e.to_string())),
+        }
+    }
+
+    fn db_name(&self, field: &str, s: String) -> Result<DbName, RpcError> {
+        DbName::new(s).map_err(|e| self.rename(field, e))
+    }
+
+    fn user_name(&self, field: &str, s: String) -> Result<UserName, RpcError> {
+        UserName::new(s).map_err(|e| self.rename(field, e))
+    }
+
+    fn host(&self, field: &str, s: Option<String>) -> Result<HostPattern, RpcError> {
+        match s {
+            None => Ok(HostPattern::any()),
+            Some(s) => HostPattern::new(s).map_err(|e| self.rename(field, e)),
+        }
+    }
+
+    fn password(&self, field: &str, s: String) -> Result<Password, RpcError> {
+        Password::new(s).map_err(|e| self.rename(field, e))
+    }
+
+    /// Re-labels a validation error with the wire path of the argument.
+    fn rename(&self, field: &str, e: DriverError) -> RpcError {
+        match e {
+            DriverError::InvalidArgument { reason, .. } => self.err(field, reason),
+            other => self.driver_err(other),
+        }
+    }
+
+    fn databases(&self, field: &str, dbs: Vec<WireDatabase>) -> Result<Vec<DatabaseSpec>, RpcError> {
+        let mut out = Vec::with_capacity(dbs.len());
+        for (i, d) in dbs.into_iter().enumerate() {
+            let name = self.db_name(&format!("{field}[{i}]._name"), d.name)?;
+            out.push(
+                DatabaseSpec::new(name, d.character_set, d.collate)
+                    .map_err(|e| self.rename(&format!("{field}[{i}]"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn user_spec(&self, field: &str, u: WireUser) -> Result<UserSpec, RpcError> {
+        let name = self.user_name(&format!("{field}._name"), u.name)?;
+        let host = self.host(&format!("{field}._host"), u.host)?;
+        let password = match u.password {
+            Some(p) => self.password(&format!("{field}._password"), p)?,
+            None => return Err(self.err(&format!("{field}._password"), "is required")),
+        };
+        let databases = u
+            .databases
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| self.db_name(&format!("{field}._databases[{i}]._name"), d.name))
+            .collect::<Result<_, _>>()?;
+        Ok(UserSpec { name, host, password, databases })
+    }
+
+    fn user_ref(&mut self, name_key: &str, host_key: &str) -> Result<UserRef, RpcError> {
+        let name: String = self.req(name_key)?;
+        let host: Option<String> = self.opt(host_key)?;
+        Ok(UserRef { name: self.user_name(name_key, name)?, host: self.host(host_key, host)? })
+    }
+
+    fn page(&mut self) -> Result<PageRequest, RpcError> {
+        let limit: Option<i64> = self.opt("limit")?;
+        let limit = match limit {
+            None => None,
+            Some(l) if (1..=i64::from(u32::MAX)).contains(&l) => u32::try_from(l).ok(),
+            Some(_) => return Err(self.err("limit", "must be a positive integer")),
+        };
+        let marker: Option<String> = self.opt("marker")?;
+        let include_marker: Option<bool> = self.opt("include_marker")?;
+        Ok(PageRequest { limit, marker, include_marker: include_marker.unwrap_or(false) })
+    }
+
+    fn prepare(&mut self) -> Result<PrepareSpec, RpcError> {
+        let memory_mb: Option<u64> = self.opt("memory_mb")?;
+        let dbs: Option<Vec<WireDatabase>> = self.opt("databases")?;
+        let databases = self.databases("databases", dbs.unwrap_or_default())?;
+        let users: Option<Vec<WireUser>> = self.opt("users")?;
+        let mut user_specs = Vec::new();
+        for (i, u) in users.unwrap_or_default().into_iter().enumerate() {
+            user_specs.push(self.user_spec(&format!("users[{i}]"), u)?);
+        }
+        let root_password: Option<String> = self.opt("root_password")?;
+        let root_password = root_password.map(|p| self.password("root_password", p)).transpose()?;
+        let config_contents: Option<String> = self.opt("config_contents")?;
+        let overrides: Option<serde_json::Map<String, Value>> = self.opt("overrides")?;
+        let ds_version: Option<String> = self.opt("ds_version")?;
+        let backup_info: Option<Value> = self.opt("backup_info")?;
+        if backup_info.is_some() {
+            return Err(RpcError::Driver(DriverError::NotSupported {
+                operation: "prepare from backup",
+                driver: "agent",
+            }));
+        }
+        let snapshot: Option<Value> = self.opt("snapshot")?;
+        if snapshot.is_some() {
+            return Err(RpcError::Driver(DriverError::NotSupported {
+                operation: "prepare as replica",
+                driver: "agent",
+            }));
+        }
+        Ok(PrepareSpec {
+            memory_mb,
+            databases,
+            users: user_specs,
+            root_password,
+            config_contents,
+            overrides: overrides.filter(|o| !o.is_empty()),
+            ds_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn unknown_method_is_named() {
+        let e = Request::parse("get_flux", json!({})).unwrap_err();
+        assert!(matches!(&e, RpcError::UnknownMethod { name } if name == "get_flux"));
+        assert_eq!(e.to_string(), "Endpoint does not support RPC method get_flux");
+    }
+
+    #[test]
+    fn args_must_be_an_object() {
+        let e = Request::parse("rpc_ping", json!([1])).unwrap_err();
+        assert!(matches!(e, RpcError::Malformed(_)), "{e}");
+        assert!(matches!(Request::parse("rpc_ping", Value::Null), Ok(Request::Ping)));
+    }
+
+    #[test]
+    fn create_database_trove_shape() {
+        let r = Request::parse(
+            "create_database",
+            json!({"databases": [{"_name": "app", "_character_set": "UTF8", "_collate": null}]}),
+        )
+        .unwrap();
+        let Request::CreateDatabases(dbs) = r else { panic!("wrong variant") };
+        assert_eq!(dbs[0].name.as_str(), "app");
+        assert_eq!(dbs[0].character_set.as_deref(), Some("UTF8"));
+    }
+
+    #[test]
+    fn bad_identifier_names_the_field() {
+        let e = Request::parse("create_database", json!({"databases": [{"_name": "ok"}, {"_name": "x'; DROP"}]}))
+            .unwrap_err();
+        match e {
+            RpcError::InvalidArgs { field, .. } => assert_eq!(field, "databases[1]._name"),
+            other => panic!("{other:?}"),
+        }
+        let e = Request::parse("get_user", json!({"username": "a`b", "hostname": "%"})).unwrap_err();
+        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "username"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_args() {
+        let e = Request::parse("revoke_access", json!({"username": "u"})).unwrap_err();
+        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "database"), "{e}");
+        let e = Request::parse("list_users", json!({"limit": "ten"})).unwrap_err();
+        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"), "{e}");
+        let e = Request::parse("list_users", json!({"limit": 0})).unwrap_err();
+        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kwargs_are_ignored() {
+        assert!(matches!(
+            Request::parse("stop_db", json!({"do_not_start_on_reboot": true})),
+            Ok(Request::StopDb)
+        ));
+    }
+
+    #[test]
+    fn create_user_full_shape() {
+        let r = Request::parse(
+            "create_user",
+            json!({"users": [{"_name": "u1", "_password": "pw", "_host": "%",
+                "_databases": [{"_name": "d1", "_character_set": null, "_collate": null}], "_is_root": false}]}),
+        )
+        .unwrap();
+        let Request::CreateUsers(users) = r else { panic!("wrong variant") };
+        assert_eq!(users[0].name.as_str(), "u1");
+        assert_eq!(users[0].databases[0].as_str(), "d1");
+        let e = Request::parse("create_user", json!({"users": [{"_name": "u1"}]})).unwrap_err();
+        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "users[0]._password"));
+    }
+
+    #[test]
+    fn prepare_shape() {
+        let r = Request::parse(
+            "prepare",
+            json!({"packages": null, "databases": [{"_name": "db1"}], "memory_mb": 2048,
+                "users": [], "device_path": "/dev/vdb", "mount_point": "/var/lib/postgresql",
+                "backup_info": null, "config_contents": null, "root_password": null,
+                "overrides": {}, "cluster_config": null, "snapshot": null, "modules": null,
+                "ds_version": "15"}),
+        )
+        .unwrap();
+        let Request::Prepare(spec) = r else { panic!("wrong variant") };
+        assert_eq!(spec.memory_mb, Some(2048));
+        assert_eq!(spec.databases.len(), 1);
+        assert!(spec.overrides.is_none());
+    }
+
+    #[test]
+    fn every_listed_method_parses_or_names_a_field() {
+        for m in Request::METHODS {
+            match Request::parse(m, json!({})) {
+                Ok(_) | Err(RpcError::InvalidArgs { .. }) => {}
+                Err(e) => panic!("{m}: {e}"),
+            }
+        }
+    }
+}

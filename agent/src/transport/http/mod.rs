@@ -1,0 +1,1 @@
+//! The HTTPS transport: axum + rustls with mutual TLS.
