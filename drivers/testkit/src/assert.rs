@@ -1,0 +1,1 @@
+//! Assertion helpers shared by the kit functions.
