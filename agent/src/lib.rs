@@ -4,8 +4,11 @@
 //! operations, transports (HTTPS), heartbeats, and the application that wires a datastore
 //! driver to them.
 
+pub mod cli;
 pub mod config;
+pub mod heartbeat;
 pub mod rpc;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod transport;

@@ -127,9 +127,15 @@ mod tests {
         let s = AgentState::load(d.path());
         assert_eq!(s.phase(), Phase::New);
         s.begin_prepare().unwrap();
-        assert_eq!(AgentState::load(d.path()).phase(), Phase::Failed("the agent stopped while prepare was running".into()));
+        assert_eq!(
+            AgentState::load(d.path()).phase(),
+            Phase::Failed("the agent stopped while prepare was running".into())
+        );
         s.end_prepare(Err("boom".into())).unwrap();
-        assert_eq!(AgentState::load(d.path()).phase(), Phase::Failed("boom".into()));
+        assert_eq!(
+            AgentState::load(d.path()).phase(),
+            Phase::Failed("boom".into())
+        );
         s.begin_prepare().unwrap();
         s.end_prepare(Ok(())).unwrap();
         assert_eq!(AgentState::load(d.path()).phase(), Phase::Prepared);

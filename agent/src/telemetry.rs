@@ -12,7 +12,9 @@ use guest_agent_api::DatastoreStatus;
 use crate::config::{LogFormat, LogSection};
 
 /// Histogram bucket bounds in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0,
+];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -37,8 +39,13 @@ pub struct Metrics {
 impl Metrics {
     /// Records one finished operation.
     pub fn observe(&self, method: &str, ok: bool, seconds: f64) {
-        let Ok(mut inner) = self.inner.lock() else { return };
-        let h = inner.ops.entry((method.to_owned(), if ok { "ok" } else { "error" })).or_default();
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let h = inner
+            .ops
+            .entry((method.to_owned(), if ok { "ok" } else { "error" }))
+            .or_default();
         h.count += 1;
         h.sum += seconds;
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -51,7 +58,10 @@ impl Metrics {
     /// Records one heartbeat attempt.
     pub fn heartbeat(&self, ok: bool) {
         if let Ok(mut inner) = self.inner.lock() {
-            *inner.heartbeats.entry(if ok { "ok" } else { "error" }).or_default() += 1;
+            *inner
+                .heartbeats
+                .entry(if ok { "ok" } else { "error" })
+                .or_default() += 1;
         }
     }
 
@@ -64,12 +74,20 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let Ok(inner) = self.inner.lock() else { return String::new() };
+        let Ok(inner) = self.inner.lock() else {
+            return String::new();
+        };
         let mut out = String::new();
-        out.push_str("# HELP guest_agent_operations_total Operations finished, by method and outcome.\n");
+        out.push_str(
+            "# HELP guest_agent_operations_total Operations finished, by method and outcome.\n",
+        );
         out.push_str("# TYPE guest_agent_operations_total counter\n");
         for ((m, o), h) in &inner.ops {
-            let _ = writeln!(out, "guest_agent_operations_total{{method=\"{m}\",outcome=\"{o}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "guest_agent_operations_total{{method=\"{m}\",outcome=\"{o}\"}} {}",
+                h.count
+            );
         }
         out.push_str("# HELP guest_agent_operation_duration_seconds Operation durations.\n");
         out.push_str("# TYPE guest_agent_operation_duration_seconds histogram\n");
@@ -82,20 +100,38 @@ impl Metrics {
                     h.counts[i]
                 );
             }
-            let _ = writeln!(out, "guest_agent_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "guest_agent_operation_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "guest_agent_operation_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "guest_agent_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "guest_agent_operation_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "guest_agent_operation_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
         out.push_str("# HELP guest_agent_heartbeats_total Heartbeats sent, by outcome.\n");
         out.push_str("# TYPE guest_agent_heartbeats_total counter\n");
         for (o, n) in &inner.heartbeats {
             let _ = writeln!(out, "guest_agent_heartbeats_total{{outcome=\"{o}\"}} {n}");
         }
-        out.push_str("# HELP guest_agent_datastore_status Datastore status last reported (1 = current).\n");
+        out.push_str(
+            "# HELP guest_agent_datastore_status Datastore status last reported (1 = current).\n",
+        );
         out.push_str("# TYPE guest_agent_datastore_status gauge\n");
         for st in DatastoreStatus::ALL {
             let v = u8::from(inner.status == Some(st));
-            let _ = writeln!(out, "guest_agent_datastore_status{{status=\"{}\"}} {v}", st.description());
+            let _ = writeln!(
+                out,
+                "guest_agent_datastore_status{{status=\"{}\"}} {v}",
+                st.description()
+            );
         }
         out
     }
@@ -107,7 +143,9 @@ pub fn init_logging(cfg: &LogSection) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),
@@ -131,7 +169,9 @@ mod tests {
         assert!(t.contains("guest_agent_operations_total{method=\"rpc_ping\",outcome=\"ok\"} 2"));
         assert!(t.contains("guest_agent_operation_duration_seconds_bucket{method=\"rpc_ping\",outcome=\"ok\",le=\"0.001\"} 1"));
         assert!(t.contains("guest_agent_operation_duration_seconds_bucket{method=\"rpc_ping\",outcome=\"ok\",le=\"+Inf\"} 2"));
-        assert!(t.contains("guest_agent_operations_total{method=\"get_user\",outcome=\"error\"} 1"));
+        assert!(
+            t.contains("guest_agent_operations_total{method=\"get_user\",outcome=\"error\"} 1")
+        );
         assert!(t.contains("guest_agent_datastore_status{status=\"healthy\"} 1"));
         assert!(t.contains("guest_agent_datastore_status{status=\"shutdown\"} 0"));
         assert!(t.contains("guest_agent_heartbeats_total{outcome=\"ok\"} 1"));

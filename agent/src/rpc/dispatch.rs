@@ -36,7 +36,11 @@ pub struct RequestContext {
 impl RequestContext {
     /// A context with a fresh request id.
     pub fn new(transport: &'static str) -> Self {
-        Self { request_id: format!("req-{}", uuid::Uuid::new_v4()), transport, peer: None }
+        Self {
+            request_id: format!("req-{}", uuid::Uuid::new_v4()),
+            transport,
+            peer: None,
+        }
     }
 }
 
@@ -88,16 +92,29 @@ impl Dispatcher {
     }
 
     /// Runs `method` with `args`. Unknown methods and bad arguments fail before anything runs.
-    pub async fn dispatch(self: &Arc<Self>, method: &str, args: Value, ctx: RequestContext) -> Result<Value, RpcError> {
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: RequestContext,
+    ) -> Result<Value, RpcError> {
         let started = Instant::now();
-        let label = if Request::METHODS.contains(&method) { method } else { "unknown" };
+        let label = if Request::METHODS.contains(&method) {
+            method
+        } else {
+            "unknown"
+        };
         let result = if self.accepting.load(Ordering::SeqCst) {
             match Request::parse(method, args) {
                 Ok(req) => {
                     let this = Arc::clone(self);
                     let method_owned = method.to_owned();
                     let ctx2 = ctx.clone();
-                    match self.tasks.spawn(async move { this.run(&method_owned, req, &ctx2).await }).await {
+                    match self
+                        .tasks
+                        .spawn(async move { this.run(&method_owned, req, &ctx2).await })
+                        .await
+                    {
                         Ok(r) => r,
                         Err(e) => Err(RpcError::Internal(format!("operation task failed: {e}"))),
                     }
@@ -147,7 +164,12 @@ impl Dispatcher {
         }
     }
 
-    async fn run(self: &Arc<Self>, method: &str, req: Request, ctx: &RequestContext) -> Result<Value, RpcError> {
+    async fn run(
+        self: &Arc<Self>,
+        method: &str,
+        req: Request,
+        ctx: &RequestContext,
+    ) -> Result<Value, RpcError> {
         match req.access() {
             Access::Free => self.run_free(req).await,
             Access::Read => {
@@ -173,7 +195,11 @@ impl Dispatcher {
                 let ctx = OpContext::new("fs-stats");
                 let extra = if self.state.phase() == Phase::Prepared {
                     // The stats stay useful even when the datastore is down.
-                    self.driver.health().filesystem_extra(&ctx).await.unwrap_or_default()
+                    self.driver
+                        .health()
+                        .filesystem_extra(&ctx)
+                        .await
+                        .unwrap_or_default()
                 } else {
                     serde_json::Map::new()
                 };
@@ -182,8 +208,16 @@ impl Dispatcher {
             Request::HwInfo => hwinfo()?,
             Request::Status => self.status_json().await,
             Request::GetOperation(id) => match self.ops.get(&id) {
-                Some(op) => serde_json::to_value(op).map_err(|e| RpcError::Internal(e.to_string()))?,
-                None => return Err(DriverError::NotFound { what: "operation", name: id }.into()),
+                Some(op) => {
+                    serde_json::to_value(op).map_err(|e| RpcError::Internal(e.to_string()))?
+                }
+                None => {
+                    return Err(DriverError::NotFound {
+                        what: "operation",
+                        name: id,
+                    }
+                    .into());
+                }
             },
             Request::GetRootPassword => {
                 return Err(DriverError::NotSupported {
@@ -196,13 +230,25 @@ impl Dispatcher {
         })
     }
 
-    fn start_prepare(self: &Arc<Self>, spec: guest_agent_api::lifecycle::PrepareSpec, ctx: &RequestContext) -> Result<Value, RpcError> {
+    fn start_prepare(
+        self: &Arc<Self>,
+        spec: guest_agent_api::lifecycle::PrepareSpec,
+        ctx: &RequestContext,
+    ) -> Result<Value, RpcError> {
         match self.state.phase() {
             Phase::Building => {
-                return Err(DriverError::InvalidState { operation: "prepare", reason: "prepare is already running".into() }.into());
+                return Err(DriverError::InvalidState {
+                    operation: "prepare",
+                    reason: "prepare is already running".into(),
+                }
+                .into());
             }
             Phase::Prepared => {
-                return Err(DriverError::InvalidState { operation: "prepare", reason: "the datastore is already prepared".into() }.into());
+                return Err(DriverError::InvalidState {
+                    operation: "prepare",
+                    reason: "the datastore is already prepared".into(),
+                }
+                .into());
             }
             Phase::New | Phase::Failed(_) => {}
         }
@@ -220,12 +266,20 @@ impl Dispatcher {
             let (state, marker) = match &outcome {
                 Ok(()) => {
                     tracing::info!(operation = %id, "Prepare finished.");
-                    (OpState::Succeeded { result: Value::Null }, Ok(()))
+                    (
+                        OpState::Succeeded {
+                            result: Value::Null,
+                        },
+                        Ok(()),
+                    )
                 }
                 Err(e) => {
                     tracing::error!(operation = %id, error = %e, "Prepare failed.");
                     (
-                        OpState::Failed { error_type: e.kind().to_owned(), message: e.to_string() },
+                        OpState::Failed {
+                            error_type: e.kind().to_owned(),
+                            message: e.to_string(),
+                        },
                         Err(e.to_string()),
                     )
                 }
@@ -238,7 +292,12 @@ impl Dispatcher {
         Ok(json!({"operation": op}))
     }
 
-    async fn run_locked(&self, method: &str, req: Request, ctx: &RequestContext) -> Result<Value, RpcError> {
+    async fn run_locked(
+        &self,
+        method: &str,
+        req: Request,
+        ctx: &RequestContext,
+    ) -> Result<Value, RpcError> {
         let c = self.op_context(ctx);
         let d = &self.driver;
         let admin = d.admin();
@@ -249,7 +308,10 @@ impl Dispatcher {
             }
             Request::ListDatabases(page) => {
                 let p = admin.list_databases(&c, &page).await?;
-                json!([p.items.iter().map(schema_json).collect::<Vec<_>>(), p.next_marker])
+                json!([
+                    p.items.iter().map(schema_json).collect::<Vec<_>>(),
+                    p.next_marker
+                ])
             }
             Request::DeleteDatabase(name) => {
                 admin.drop_database(&c, &name).await?;
@@ -265,7 +327,10 @@ impl Dispatcher {
             },
             Request::ListUsers(page) => {
                 let p = admin.list_users(&c, &page).await?;
-                json!([p.items.iter().map(user_json).collect::<Vec<_>>(), p.next_marker])
+                json!([
+                    p.items.iter().map(user_json).collect::<Vec<_>>(),
+                    p.next_marker
+                ])
             }
             Request::DeleteUser(u) => {
                 admin.drop_user(&c, &u).await?;
@@ -279,9 +344,14 @@ impl Dispatcher {
                 admin.revoke_access(&c, &u, &db).await?;
                 Value::Null
             }
-            Request::ListAccess(u) => {
-                Value::Array(admin.list_access(&c, &u).await?.iter().map(schema_json).collect())
-            }
+            Request::ListAccess(u) => Value::Array(
+                admin
+                    .list_access(&c, &u)
+                    .await?
+                    .iter()
+                    .map(schema_json)
+                    .collect(),
+            ),
             Request::ChangePasswords(changes) => {
                 admin.change_passwords(&c, &changes).await?;
                 Value::Null
@@ -324,10 +394,16 @@ impl Dispatcher {
                 .map_err(|e| RpcError::Internal(e.to_string()))?,
             Request::ReachedPosition(target) => {
                 let here = d.health().position(&c).await?;
-                let reached = here.reached(&target).map_err(|e| RpcError::invalid_args(method, "position", e.to_string()))?;
+                let reached = here
+                    .reached(&target)
+                    .map_err(|e| RpcError::invalid_args(method, "position", e.to_string()))?;
                 json!({"reached": reached, "position": here})
             }
-            other => return Err(RpcError::Internal(format!("{other:?} dispatched to the wrong lock"))),
+            other => {
+                return Err(RpcError::Internal(format!(
+                    "{other:?} dispatched to the wrong lock"
+                )));
+            }
         };
         Ok(out)
     }
@@ -339,7 +415,12 @@ impl Dispatcher {
             Phase::Building => DatastoreStatus::Building,
             Phase::Failed(_) => DatastoreStatus::FailedToSpawn,
             Phase::Prepared if self.state.restarting() => DatastoreStatus::Restarting,
-            Phase::Prepared => self.driver.lifecycle().status(&OpContext::new("status")).await,
+            Phase::Prepared => {
+                self.driver
+                    .lifecycle()
+                    .status(&OpContext::new("status"))
+                    .await
+            }
         }
     }
 
@@ -374,9 +455,14 @@ impl Dispatcher {
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
             return true;
         }
-        tracing::warn!(running = self.tasks.len(), "Cancelling operations still running after the grace period.");
+        tracing::warn!(
+            running = self.tasks.len(),
+            "Cancelling operations still running after the grace period."
+        );
         self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await.is_ok()
+        tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+            .await
+            .is_ok()
     }
 }
 
@@ -405,8 +491,9 @@ fn filesystem_stats(path: &Path, extra: serde_json::Map<String, Value>) -> Resul
     while !p.exists() {
         p = p.parent().unwrap_or(Path::new("/"));
     }
-    let st = nix::sys::statvfs::statvfs(p)
-        .map_err(|e| DriverError::io(format!("statvfs {}", p.display()), std::io::Error::from(e)))?;
+    let st = nix::sys::statvfs::statvfs(p).map_err(|e| {
+        DriverError::io(format!("statvfs {}", p.display()), std::io::Error::from(e))
+    })?;
     let bs = st.fragment_size();
     let total_blocks = st.blocks();
     let free_blocks = st.blocks_free();
@@ -425,7 +512,9 @@ fn filesystem_stats(path: &Path, extra: serde_json::Map<String, Value>) -> Resul
 
 /// CPU count and memory (kB), the shape Trove's `get_hwinfo` once returned.
 fn hwinfo() -> Result<Value, RpcError> {
-    let cpus = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1);
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|e| DriverError::io("reading /proc/meminfo", e))?;
     let mem_kb: u64 = meminfo
@@ -451,8 +540,18 @@ mod tests {
 
     #[test]
     fn fs_stats_shape() {
-        let v = filesystem_stats(Path::new("/definitely/not/here"), serde_json::Map::new()).unwrap();
-        for k in ["block_size", "total_blocks", "free_blocks", "avail_blocks", "total", "free", "used", "mgr_extra_info"] {
+        let v =
+            filesystem_stats(Path::new("/definitely/not/here"), serde_json::Map::new()).unwrap();
+        for k in [
+            "block_size",
+            "total_blocks",
+            "free_blocks",
+            "avail_blocks",
+            "total",
+            "free",
+            "used",
+            "mgr_extra_info",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert!(v["total"].as_f64().unwrap() >= 0.01);

@@ -50,7 +50,11 @@ impl RpcError {
         field: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
-        Self::InvalidArgs { method: method.into(), field: field.into(), reason: reason.into() }
+        Self::InvalidArgs {
+            method: method.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Stable error type name on the wire.
@@ -95,7 +99,10 @@ mod tests {
     fn mapping_is_stable() {
         let e = RpcError::UnknownMethod { name: "x".into() };
         assert_eq!((e.kind(), e.http_status()), ("NoSuchMethod", 404));
-        let e = RpcError::from(DriverError::NotSupported { operation: "get_root_password", driver: "postgresql" });
+        let e = RpcError::from(DriverError::NotSupported {
+            operation: "get_root_password",
+            driver: "postgresql",
+        });
         assert_eq!((e.kind(), e.http_status()), ("NotSupported", 501));
         assert_eq!(
             e.to_string(),

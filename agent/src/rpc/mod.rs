@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use guest_agent_api::admin::{DatabaseSpec, PageRequest, PasswordChange, UserRef, UserSpec, UserUpdate};
+use guest_agent_api::admin::{
+    DatabaseSpec, PageRequest, PasswordChange, UserRef, UserSpec, UserUpdate,
+};
 use guest_agent_api::ident::{DbName, HostPattern, Password, UserName};
 use guest_agent_api::lifecycle::PrepareSpec;
 use guest_agent_api::{Error as DriverError, Position};
@@ -144,7 +146,10 @@ impl Request {
                 )));
             }
         };
-        let mut a = Args { method, map: &mut args };
+        let mut a = Args {
+            method,
+            map: &mut args,
+        };
         let req = match method {
             "rpc_ping" => Self::Ping,
             "prepare" => Self::Prepare(Box::new(a.prepare()?)),
@@ -196,7 +201,10 @@ impl Request {
                     let name = a.user_name(&format!("{f}.name"), u.name)?;
                     let host = a.host(&format!("{f}.host"), u.host)?;
                     let password = a.password(&format!("{f}.password"), u.password)?;
-                    out.push(PasswordChange { user: UserRef { name, host }, password });
+                    out.push(PasswordChange {
+                        user: UserRef { name, host },
+                        password,
+                    });
                 }
                 Self::ChangePasswords(out)
             }
@@ -204,8 +212,14 @@ impl Request {
                 let user = a.user_ref("username", "hostname")?;
                 let attrs: WireUserAttrs = a.req("user_attrs")?;
                 let update = UserUpdate {
-                    name: attrs.name.map(|n| a.user_name("user_attrs.name", n)).transpose()?,
-                    host: attrs.host.map(|h| a.host("user_attrs.host", Some(h))).transpose()?,
+                    name: attrs
+                        .name
+                        .map(|n| a.user_name("user_attrs.name", n))
+                        .transpose()?,
+                    host: attrs
+                        .host
+                        .map(|h| a.host("user_attrs.host", Some(h)))
+                        .transpose()?,
                     password: attrs
                         .password
                         .map(|p| a.password("user_attrs.password", p))
@@ -235,7 +249,11 @@ impl Request {
             }
             "get_status" => Self::Status,
             "get_operation" => Self::GetOperation(a.req("id")?),
-            _ => return Err(RpcError::UnknownMethod { name: method.to_owned() }),
+            _ => {
+                return Err(RpcError::UnknownMethod {
+                    name: method.to_owned(),
+                });
+            }
         };
         Ok(req)
     }
@@ -346,7 +364,9 @@ impl Args<'_> {
     fn opt<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, RpcError> {
         match self.map.remove(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| self.err(key, e.to_string())),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| self.err(key, e.to_string())),
         }
     }
 
@@ -377,7 +397,11 @@ impl Args<'_> {
         }
     }
 
-    fn databases(&self, field: &str, dbs: Vec<WireDatabase>) -> Result<Vec<DatabaseSpec>, RpcError> {
+    fn databases(
+        &self,
+        field: &str,
+        dbs: Vec<WireDatabase>,
+    ) -> Result<Vec<DatabaseSpec>, RpcError> {
         let mut out = Vec::with_capacity(dbs.len());
         for (i, d) in dbs.into_iter().enumerate() {
             let name = self.db_name(&format!("{field}[{i}]._name"), d.name)?;
@@ -402,13 +426,21 @@ impl Args<'_> {
             .enumerate()
             .map(|(i, d)| self.db_name(&format!("{field}._databases[{i}]._name"), d.name))
             .collect::<Result<_, _>>()?;
-        Ok(UserSpec { name, host, password, databases })
+        Ok(UserSpec {
+            name,
+            host,
+            password,
+            databases,
+        })
     }
 
     fn user_ref(&mut self, name_key: &str, host_key: &str) -> Result<UserRef, RpcError> {
         let name: String = self.req(name_key)?;
         let host: Option<String> = self.opt(host_key)?;
-        Ok(UserRef { name: self.user_name(name_key, name)?, host: self.host(host_key, host)? })
+        Ok(UserRef {
+            name: self.user_name(name_key, name)?,
+            host: self.host(host_key, host)?,
+        })
     }
 
     fn page(&mut self) -> Result<PageRequest, RpcError> {
@@ -420,7 +452,11 @@ impl Args<'_> {
         };
         let marker: Option<String> = self.opt("marker")?;
         let include_marker: Option<bool> = self.opt("include_marker")?;
-        Ok(PageRequest { limit, marker, include_marker: include_marker.unwrap_or(false) })
+        Ok(PageRequest {
+            limit,
+            marker,
+            include_marker: include_marker.unwrap_or(false),
+        })
     }
 
     fn prepare(&mut self) -> Result<PrepareSpec, RpcError> {
@@ -433,7 +469,9 @@ impl Args<'_> {
             user_specs.push(self.user_spec(&format!("users[{i}]"), u)?);
         }
         let root_password: Option<String> = self.opt("root_password")?;
-        let root_password = root_password.map(|p| self.password("root_password", p)).transpose()?;
+        let root_password = root_password
+            .map(|p| self.password("root_password", p))
+            .transpose()?;
         let config_contents: Option<String> = self.opt("config_contents")?;
         let overrides: Option<serde_json::Map<String, Value>> = self.opt("overrides")?;
         let ds_version: Option<String> = self.opt("ds_version")?;
@@ -473,14 +511,20 @@ mod tests {
     fn unknown_method_is_named() {
         let e = Request::parse("get_flux", json!({})).unwrap_err();
         assert!(matches!(&e, RpcError::UnknownMethod { name } if name == "get_flux"));
-        assert_eq!(e.to_string(), "Endpoint does not support RPC method get_flux");
+        assert_eq!(
+            e.to_string(),
+            "Endpoint does not support RPC method get_flux"
+        );
     }
 
     #[test]
     fn args_must_be_an_object() {
         let e = Request::parse("rpc_ping", json!([1])).unwrap_err();
         assert!(matches!(e, RpcError::Malformed(_)), "{e}");
-        assert!(matches!(Request::parse("rpc_ping", Value::Null), Ok(Request::Ping)));
+        assert!(matches!(
+            Request::parse("rpc_ping", Value::Null),
+            Ok(Request::Ping)
+        ));
     }
 
     #[test]
@@ -490,31 +534,49 @@ mod tests {
             json!({"databases": [{"_name": "app", "_character_set": "UTF8", "_collate": null}]}),
         )
         .unwrap();
-        let Request::CreateDatabases(dbs) = r else { panic!("wrong variant") };
+        let Request::CreateDatabases(dbs) = r else {
+            panic!("wrong variant")
+        };
         assert_eq!(dbs[0].name.as_str(), "app");
         assert_eq!(dbs[0].character_set.as_deref(), Some("UTF8"));
     }
 
     #[test]
     fn bad_identifier_names_the_field() {
-        let e = Request::parse("create_database", json!({"databases": [{"_name": "ok"}, {"_name": "x'; DROP"}]}))
-            .unwrap_err();
+        let e = Request::parse(
+            "create_database",
+            json!({"databases": [{"_name": "ok"}, {"_name": "x'; DROP"}]}),
+        )
+        .unwrap_err();
         match e {
             RpcError::InvalidArgs { field, .. } => assert_eq!(field, "databases[1]._name"),
             other => panic!("{other:?}"),
         }
-        let e = Request::parse("get_user", json!({"username": "a`b", "hostname": "%"})).unwrap_err();
-        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "username"), "{e}");
+        let e =
+            Request::parse("get_user", json!({"username": "a`b", "hostname": "%"})).unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "username"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_and_mistyped_args() {
         let e = Request::parse("revoke_access", json!({"username": "u"})).unwrap_err();
-        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "database"), "{e}");
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "database"),
+            "{e}"
+        );
         let e = Request::parse("list_users", json!({"limit": "ten"})).unwrap_err();
-        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"), "{e}");
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"),
+            "{e}"
+        );
         let e = Request::parse("list_users", json!({"limit": 0})).unwrap_err();
-        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"), "{e}");
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -533,11 +595,15 @@ mod tests {
                 "_databases": [{"_name": "d1", "_character_set": null, "_collate": null}], "_is_root": false}]}),
         )
         .unwrap();
-        let Request::CreateUsers(users) = r else { panic!("wrong variant") };
+        let Request::CreateUsers(users) = r else {
+            panic!("wrong variant")
+        };
         assert_eq!(users[0].name.as_str(), "u1");
         assert_eq!(users[0].databases[0].as_str(), "d1");
         let e = Request::parse("create_user", json!({"users": [{"_name": "u1"}]})).unwrap_err();
-        assert!(matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "users[0]._password"));
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "users[0]._password")
+        );
     }
 
     #[test]
@@ -551,7 +617,9 @@ mod tests {
                 "ds_version": "15"}),
         )
         .unwrap();
-        let Request::Prepare(spec) = r else { panic!("wrong variant") };
+        let Request::Prepare(spec) = r else {
+            panic!("wrong variant")
+        };
         assert_eq!(spec.memory_mb, Some(2048));
         assert_eq!(spec.databases.len(), 1);
         assert!(spec.overrides.is_none());

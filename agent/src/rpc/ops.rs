@@ -50,7 +50,10 @@ pub struct Operation {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 /// The table of recent operations.
@@ -87,11 +90,11 @@ impl OperationTracker {
 
     /// Records the end of operation `id`.
     pub fn finish(&self, id: &str, state: OpState) {
-        if let Ok(mut ops) = self.ops.lock() {
-            if let Some(op) = ops.iter_mut().find(|o| o.id == id) {
-                op.state = state;
-                op.finished_at = Some(now());
-            }
+        if let Ok(mut ops) = self.ops.lock()
+            && let Some(op) = ops.iter_mut().find(|o| o.id == id)
+        {
+            op.state = state;
+            op.finished_at = Some(now());
         }
     }
 
@@ -102,7 +105,10 @@ impl OperationTracker {
 
     /// How many are running.
     pub fn running(&self) -> usize {
-        self.ops.lock().map(|o| o.iter().filter(|o| o.state == OpState::Running).count()).unwrap_or(0)
+        self.ops
+            .lock()
+            .map(|o| o.iter().filter(|o| o.state == OpState::Running).count())
+            .unwrap_or(0)
     }
 }
 
@@ -115,7 +121,12 @@ mod tests {
         let t = OperationTracker::default();
         let op = t.begin("prepare", "req-1");
         assert_eq!(t.running(), 1);
-        t.finish(&op.id, OpState::Succeeded { result: Value::Null });
+        t.finish(
+            &op.id,
+            OpState::Succeeded {
+                result: Value::Null,
+            },
+        );
         let got = t.get(&op.id).unwrap();
         assert!(got.finished_at.is_some());
         assert_eq!(t.running(), 0);
@@ -128,10 +139,20 @@ mod tests {
     fn keeps_a_bounded_history() {
         let t = OperationTracker::default();
         let first = t.begin("x", "r");
-        t.finish(&first.id, OpState::Succeeded { result: Value::Null });
+        t.finish(
+            &first.id,
+            OpState::Succeeded {
+                result: Value::Null,
+            },
+        );
         for _ in 0..KEEP {
             let o = t.begin("x", "r");
-            t.finish(&o.id, OpState::Succeeded { result: Value::Null });
+            t.finish(
+                &o.id,
+                OpState::Succeeded {
+                    result: Value::Null,
+                },
+            );
         }
         assert!(t.get(&first.id).is_none());
     }

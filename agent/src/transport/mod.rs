@@ -51,7 +51,11 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Serves until `shutdown`; stops accepting then and returns once in-flight requests
     /// have been answered.
-    async fn serve(&self, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) -> Result<(), TransportError>;
+    async fn serve(
+        &self,
+        dispatcher: Arc<Dispatcher>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TransportError>;
 }
 
 /// One heartbeat, as Trove's conductor `heartbeat` cast carries it.

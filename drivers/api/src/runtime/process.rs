@@ -220,13 +220,13 @@ impl DatastoreRuntime for ProcessRuntime {
             Tracked::Adopted { pid } if alive(*pid) => return Ok(()),
             _ => {}
         }
-        if let Some(pid) = spec.pid_file.as_deref().and_then(read_pid_file) {
-            if alive(pid) {
-                tracing::info!(pid, server = %spec.name, "Adopted a running server.");
-                inner.tracked = Tracked::Adopted { pid };
-                inner.stop_requested = false;
-                return Ok(());
-            }
+        if let Some(pid) = spec.pid_file.as_deref().and_then(read_pid_file)
+            && alive(pid)
+        {
+            tracing::info!(pid, server = %spec.name, "Adopted a running server.");
+            inner.tracked = Tracked::Adopted { pid };
+            inner.stop_requested = false;
+            return Ok(());
         }
         let mut cmd = command_for(&spec.program, &spec.args, spec.run_as.as_deref())?;
         prepare(&mut cmd, &spec.env, spec.workdir.as_deref());
