@@ -13,6 +13,7 @@ use serde_json::Value;
 use guest_agent_api::admin::{
     DatabaseSpec, PageRequest, PasswordChange, UserRef, UserSpec, UserUpdate,
 };
+use guest_agent_api::config::Overrides;
 use guest_agent_api::ident::{DbName, HostPattern, Password, UserName};
 use guest_agent_api::lifecycle::PrepareSpec;
 use guest_agent_api::{Error as DriverError, Position};
@@ -97,6 +98,18 @@ pub enum Request {
     Status,
     /// `get_operation` (extension) → a tracked operation.
     GetOperation(String),
+    /// `update_overrides` / `apply_overrides`: validate all, then make them the managed
+    /// override set (`remove` drops the previous set first).
+    ApplyOverrides {
+        /// Parameter name to value.
+        overrides: Overrides,
+        /// Remove the managed overrides (an empty `overrides` then only removes).
+        remove: bool,
+    },
+    /// `reset_configuration`: replace the base configuration file.
+    ResetConfiguration(String),
+    /// `start_db_with_conf_changes`: replace the base configuration, then start.
+    StartWithConfChanges(String),
 }
 
 impl Request {
@@ -132,6 +145,10 @@ impl Request {
         "position_reached",
         "get_status",
         "get_operation",
+        "update_overrides",
+        "apply_overrides",
+        "reset_configuration",
+        "start_db_with_conf_changes",
     ];
 
     /// Parses `method` with its keyword arguments (a JSON object; `null` counts as `{}`).
@@ -249,6 +266,23 @@ impl Request {
             }
             "get_status" => Self::Status,
             "get_operation" => Self::GetOperation(a.req("id")?),
+            "update_overrides" => {
+                let overrides: Option<Overrides> = a.opt("overrides")?;
+                let remove: Option<bool> = a.opt("remove")?;
+                Self::ApplyOverrides {
+                    overrides: overrides.unwrap_or_default(),
+                    remove: remove.unwrap_or(false),
+                }
+            }
+            "apply_overrides" => Self::ApplyOverrides {
+                overrides: a.req("overrides")?,
+                remove: false,
+            },
+            "reset_configuration" => {
+                let c: WireConfiguration = a.req("configuration")?;
+                Self::ResetConfiguration(c.config_contents)
+            }
+            "start_db_with_conf_changes" => Self::StartWithConfChanges(a.req("config_contents")?),
             _ => {
                 return Err(RpcError::UnknownMethod {
                     name: method.to_owned(),
@@ -314,6 +348,12 @@ struct WireUser {
     host: Option<String>,
     #[serde(default, rename = "_databases", alias = "databases")]
     databases: Vec<WireDatabase>,
+}
+
+/// `reset_configuration`'s `{"config_contents": ...}`.
+#[derive(Debug, Deserialize)]
+struct WireConfiguration {
+    config_contents: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -577,6 +617,32 @@ mod tests {
             matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "limit"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn config_methods() {
+        let r = Request::parse(
+            "update_overrides",
+            json!({"overrides": {"max_connections": 200}, "remove": false}),
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Request::ApplyOverrides { ref overrides, remove: false } if overrides.len() == 1)
+        );
+        let r =
+            Request::parse("update_overrides", json!({"overrides": {}, "remove": true})).unwrap();
+        assert!(matches!(r, Request::ApplyOverrides { remove: true, .. }));
+        let e = Request::parse("apply_overrides", json!({"overrides": [1]})).unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "overrides"),
+            "{e}"
+        );
+        let r = Request::parse(
+            "reset_configuration",
+            json!({"configuration": {"config_contents": "x=1"}}),
+        )
+        .unwrap();
+        assert!(matches!(r, Request::ResetConfiguration(ref c) if c == "x=1"));
     }
 
     #[test]
