@@ -34,6 +34,15 @@ pub enum TransportError {
     /// The control plane answered with an error.
     #[error("control plane rejected the report: {0}")]
     Rejected(String),
+    /// An HTTP request made by [`http::HttpClient`] got no answer (connection, TLS or
+    /// timeout failure) or an unreadable one.
+    #[error("request to {url} failed: {reason}")]
+    Request {
+        /// The URL requested.
+        url: String,
+        /// Why, with the underlying causes.
+        reason: String,
+    },
     /// Other I/O failure.
     #[error("{context}: {source}")]
     Io {
