@@ -5,9 +5,17 @@
 //! [`lifecycle`], [`health`], [`capability`], [`hostile`]). A driver runs the whole suite with
 //! one macro call in its `tests/conformance.rs`:
 //!
-//! ```ignore
-//! mod support;
-//! guest_agent_testkit::conformance_tests!(support::make_harness);
+//! ```no_run
+//! use guest_agent_testkit::Harness;
+//!
+//! // In a driver crate this lives in `tests/support/mod.rs`: start a fresh server in a
+//! // temporary directory, prepare it through the driver, build the probe.
+//! async fn make_harness() -> Harness {
+//!     unimplemented!("driver-specific")
+//! }
+//!
+//! guest_agent_testkit::conformance_tests!(make_harness);
+//! # fn main() {}
 //! ```
 //!
 //! where `async fn make_harness() -> Harness` returns a [`Harness`] on a fresh, prepared,
@@ -23,8 +31,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
-pub mod assert;
 pub mod capability;
+pub mod check;
 pub mod harness;
 pub mod health;
 pub mod hostile;

@@ -83,3 +83,62 @@ impl Names {
         self.issued.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn names_are_valid_unique_and_ordered() {
+        let n = Names::new();
+        let dbs: Vec<DbName> = (0..50).map(|_| n.db_name()).collect();
+        let users: Vec<UserName> = (0..50).map(|_| n.user_name()).collect();
+        let all: Vec<&str> = dbs
+            .iter()
+            .map(DbName::as_str)
+            .chain(users.iter().map(UserName::as_str))
+            .collect();
+        let unique: BTreeSet<&str> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len());
+        for s in &all {
+            assert!(s.len() <= MAX_NAME_LEN, "{s}");
+            assert!(s.contains(n.token()), "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{s} must be lower case ASCII"
+            );
+        }
+        let mut sorted = dbs.clone();
+        sorted.sort();
+        assert_eq!(sorted, dbs, "names sort in the order handed out");
+        assert_eq!(n.issued().len(), 100);
+        assert!(dbs[0].as_str().starts_with(DB_PREFIX));
+        assert!(users[0].as_str().starts_with(USER_PREFIX));
+    }
+
+    #[test]
+    fn sources_do_not_collide() {
+        let a = Names::new();
+        let b = Names::new();
+        assert_ne!(a.token(), b.token());
+        assert_ne!(a.db_name(), b.db_name());
+        assert_ne!(a.request_id("x"), b.request_id("x"));
+    }
+
+    #[test]
+    fn names_survive_many_counters() {
+        let n = Names::new();
+        n.counter.store(u32::MAX - 1, Ordering::Relaxed);
+        let a = n.db_name();
+        assert!(a.as_str().len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn passwords_are_fresh() {
+        let n = Names::new();
+        assert_ne!(n.password(), n.password());
+    }
+}

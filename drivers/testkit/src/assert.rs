@@ -1,1 +1,0 @@
-//! Assertion helpers shared by the kit functions.
