@@ -1,1 +1,68 @@
-//! PostgreSQL driver for guest-agent.
+//! # guest-agent-postgres
+//!
+//! The PostgreSQL driver of guest-agent: it initialises a cluster with `initdb`, writes a
+//! managed configuration, runs the server through the agent's
+//! [`DatastoreRuntime`](guest_agent_api::runtime::DatastoreRuntime), and administers databases,
+//! users, grants and the `root` superuser with Trove's semantics.
+//!
+//! The driver talks to its own server over the Unix socket in the run directory as the
+//! `postgres` role, whose password is generated at prepare time and kept in a private file in
+//! the state directory ([`ADMIN_PASSWORD_FILE`]). Passwords of users are sent to the server
+//! only as SCRAM-SHA-256 verifiers computed here, so the plaintext never reaches the server or
+//! its logs.
+//!
+//! ```no_run
+//! let mut registry = guest_agent_api::Registry::new();
+//! registry.register(guest_agent_postgres::factory()).unwrap();
+//! assert_eq!(registry.managers(), ["postgresql"]);
+//! ```
+
+mod admin;
+mod config;
+mod driver;
+mod error;
+mod health;
+mod lifecycle;
+mod position;
+pub mod sql;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use guest_agent_api::{Driver, DriverFactory, DriverSettings, Result};
+
+pub use driver::{PgDriver, PgOptions};
+
+/// The driver's name, as in [`guest_agent_api::Error::NotSupported`].
+pub const DRIVER_NAME: &str = "postgresql";
+
+/// Trove manager names this driver serves.
+pub const MANAGERS: &[&str] = &["postgresql"];
+
+/// The administrative role the driver connects as.
+pub const ADMIN_USER: &str = "postgres";
+
+/// The role Trove's root operations manage.
+pub const ROOT_USER: &str = "root";
+
+/// File in the state directory holding the administrative password (mode 0600).
+pub const ADMIN_PASSWORD_FILE: &str = "postgres-admin.password";
+
+/// Name of the managed configuration file the driver writes into the data directory and
+/// includes from `postgresql.conf`.
+pub const MANAGED_CONF_FILE: &str = "guest-agent.conf";
+
+/// The factory the agent registers: builds a [`PgDriver`] without connecting.
+pub fn factory() -> DriverFactory {
+    DriverFactory {
+        managers: MANAGERS,
+        build,
+    }
+}
+
+fn build(settings: DriverSettings) -> BoxFuture<'static, Result<Arc<dyn Driver>>> {
+    Box::pin(async move {
+        let driver: Arc<dyn Driver> = Arc::new(PgDriver::new(settings)?);
+        Ok(driver)
+    })
+}

@@ -1,0 +1,589 @@
+//! Lifecycle: prepare (initdb, configuration, first start, initial databases and users), start,
+//! stop, restart and status of the server.
+//!
+//! Every process goes through the runtime: `initdb` with [`DatastoreRuntime::run`], the server
+//! with `start`/`stop`/`state`. When the agent runs as root, both run as the configured OS
+//! user, which therefore owns the data and run directories and must be able to traverse their
+//! parents.
+//!
+//! [`DatastoreRuntime::run`]: guest_agent_api::runtime::DatastoreRuntime::run
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use guest_agent_api::admin::Admin;
+use guest_agent_api::ident::Password;
+use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
+use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
+use guest_agent_api::{Error, OpContext, Result};
+use nix::unistd::{Gid, Uid, User};
+use tokio::time::Instant;
+
+use crate::config::{ManagedConf, include_line, render_hba};
+use crate::driver::LOG_FILE;
+use crate::sql::Connector;
+use crate::{ADMIN_USER, DRIVER_NAME, MANAGED_CONF_FILE, PgDriver};
+
+/// Length of the generated administrative password.
+const ADMIN_PASSWORD_LEN: usize = 40;
+/// Bound on `initdb`.
+const INITDB_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause between readiness checks while the server starts.
+const READY_POLL: Duration = Duration::from_millis(200);
+/// Bound on the readiness query of `status`, so a hung server cannot stall a heartbeat.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of the server log's end is quoted when it fails to start.
+const LOG_TAIL_BYTES: u64 = 2048;
+/// Name of the temporary password file `initdb` reads, in the run directory.
+const INITDB_PWFILE: &str = ".initdb-password";
+
+/// The OS account files are handed to when the agent runs as root.
+#[derive(Debug, Clone)]
+struct Owner {
+    name: String,
+    uid: Uid,
+    gid: Gid,
+}
+
+/// Removes a file when dropped, whatever path the code took.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "Could not remove a temporary file.");
+        }
+    }
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::io(context, e)
+}
+
+fn chown(path: &Path, owner: Option<&Owner>) -> Result<()> {
+    if let Some(o) = owner {
+        nix::unistd::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| {
+            Error::io(
+                format!("changing the owner of {} to {}", path.display(), o.name),
+                e.into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (and missing parents) and sets its mode and owner.
+fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
+    fs::create_dir_all(path).map_err(io_err("creating", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))?;
+    chown(path, owner)
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, with `mode` and owner.
+fn write_file(path: &Path, contents: &[u8], mode: u32, owner: Option<&Owner>) -> Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))?;
+    let written = f
+        .write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("writing", &tmp))
+        .and_then(|()| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+                .map_err(io_err("setting the mode of", &tmp))
+        })
+        .and_then(|()| chown(&tmp, owner))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming into", path)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Whether `owner` may search (traverse) the directory with metadata `meta`.
+fn can_traverse(meta: &fs::Metadata, owner: &Owner, groups: &[Gid]) -> bool {
+    let mode = meta.mode();
+    if meta.uid() == owner.uid.as_raw() {
+        return mode & 0o100 != 0;
+    }
+    if groups.iter().any(|g| g.as_raw() == meta.gid()) {
+        return mode & 0o010 != 0;
+    }
+    mode & 0o001 != 0
+}
+
+/// Refuses early, with a clear message, when `owner` cannot reach `dir` through its parents
+/// (a 0700 parent would otherwise surface as a cryptic `initdb` or server failure).
+fn check_traversable(dir: &Path, owner: &Owner) -> Result<()> {
+    let name = CString::new(owner.name.as_str())
+        .map_err(|_| Error::invalid("datastore.os_user", "contains NUL"))?;
+    let groups = nix::unistd::getgrouplist(&name, owner.gid).unwrap_or_else(|_| vec![owner.gid]);
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor).map_err(io_err("inspecting", ancestor))?;
+        if !can_traverse(&meta, owner, &groups) {
+            return Err(Error::InvalidState {
+                operation: "prepare",
+                reason: format!(
+                    "OS user '{}' cannot traverse {} (mode {:o}) to reach {}",
+                    owner.name,
+                    ancestor.display(),
+                    meta.mode() & 0o7777,
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The last lines of the server log, for an error message.
+fn log_tail(path: &Path) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut f = fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines[lines.len().saturating_sub(6)..].join(" | ")
+        }
+        Err(e) => format!("(no server log: {e})"),
+    }
+}
+
+/// Whether `pid` names a live, non-zombie process.
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl PgDriver {
+    /// The OS account to hand files to: the configured user when the agent runs as root.
+    fn owner(&self) -> Result<Option<Owner>> {
+        let Some(name) = self.os_user.as_deref() else {
+            return Ok(None);
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        match User::from_name(name) {
+            Ok(Some(u)) => Ok(Some(Owner {
+                name: name.to_owned(),
+                uid: u.uid,
+                gid: u.gid,
+            })),
+            Ok(None) => Err(Error::InvalidState {
+                operation: "prepare",
+                reason: format!("OS user '{name}' does not exist"),
+            }),
+            Err(e) => Err(Error::Internal(format!("looking up OS user '{name}': {e}"))),
+        }
+    }
+
+    /// Whether the data directory holds a cluster.
+    fn is_initialised(&self) -> Result<bool> {
+        let marker = self.data_dir.join("PG_VERSION");
+        marker.try_exists().map_err(io_err("inspecting", &marker))
+    }
+
+    /// Refuses a data directory that holds a cluster or anything else.
+    fn check_fresh_data_dir(&self) -> Result<()> {
+        if self.is_initialised()? {
+            return Err(Error::InvalidState {
+                operation: "prepare",
+                reason: format!(
+                    "the data directory {} already holds a PostgreSQL cluster",
+                    self.data_dir.display()
+                ),
+            });
+        }
+        match fs::read_dir(&self.data_dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::InvalidState {
+                        operation: "prepare",
+                        reason: format!(
+                            "the data directory {} is not empty",
+                            self.data_dir.display()
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("reading {}", self.data_dir.display()), e)),
+        }
+    }
+
+    fn require_initialised(&self, operation: &'static str) -> Result<()> {
+        if self.is_initialised()? {
+            Ok(())
+        } else {
+            Err(Error::InvalidState {
+                operation,
+                reason: format!(
+                    "the data directory {} holds no PostgreSQL cluster; prepare first",
+                    self.data_dir.display()
+                ),
+            })
+        }
+    }
+
+    /// Stores the administrative password in the private state directory.
+    fn store_admin_password(&self, password: &Password) -> Result<()> {
+        ensure_dir(&self.state_dir, 0o700, None)?;
+        let mut text = password.expose().as_bytes().to_vec();
+        text.push(b'\n');
+        write_file(
+            &Connector::admin_password_path(&self.state_dir),
+            &text,
+            0o600,
+            None,
+        )
+    }
+
+    /// Runs `initdb` with the administrative password in a short-lived file only the OS user
+    /// can read.
+    async fn run_initdb(&self, password: &Password, owner: Option<&Owner>) -> Result<()> {
+        let initdb = self.program("initdb")?;
+        let pwfile = self.run_dir.join(INITDB_PWFILE);
+        let mut text = password.expose().as_bytes().to_vec();
+        text.push(b'\n');
+        write_file(&pwfile, &text, 0o600, owner)?;
+        let _cleanup = RemoveOnDrop(pwfile.clone());
+        let mut pwfile_arg = std::ffi::OsString::from("--pwfile=");
+        pwfile_arg.push(&pwfile);
+        let mut cmd = CommandSpec::new(
+            &initdb,
+            [
+                "-D".into(),
+                self.data_dir.clone().into_os_string(),
+                "-U".into(),
+                ADMIN_USER.into(),
+                pwfile_arg,
+                "--auth-local=scram-sha-256".into(),
+                "--auth-host=scram-sha-256".into(),
+                "-E".into(),
+                "UTF8".into(),
+                "--locale=C.UTF-8".into(),
+            ],
+        );
+        cmd.run_as = self.os_user.clone();
+        cmd.workdir = Some(PathBuf::from("/"));
+        cmd.timeout = Some(INITDB_TIMEOUT);
+        tracing::info!(data_dir = %self.data_dir.display(), "Initialising the PostgreSQL cluster.");
+        // Not raced against cancellation: killing initdb half-way would leave a half-built
+        // data directory that a later prepare refuses.
+        let out = self.runtime.run(&cmd).await?;
+        if !out.success() {
+            return Err(Error::Tool {
+                program: initdb.display().to_string(),
+                exit: out.code.map_or_else(
+                    || "killed by a signal".to_owned(),
+                    |c| format!("exit code {c}"),
+                ),
+                stderr_tail: out.stderr_text(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the managed include file, hooks it into `postgresql.conf` and replaces
+    /// `pg_hba.conf`.
+    fn write_config(&self, spec: &PrepareSpec, owner: Option<&Owner>) -> Result<()> {
+        let managed = ManagedConf {
+            listen: self.bind_address,
+            port: self.port,
+            socket_dir: &self.run_dir,
+            memory_mb: spec.memory_mb,
+        }
+        .render()?;
+        write_file(
+            &self.data_dir.join(MANAGED_CONF_FILE),
+            managed.as_bytes(),
+            0o600,
+            owner,
+        )?;
+        write_file(
+            &self.data_dir.join("pg_hba.conf"),
+            render_hba().as_bytes(),
+            0o600,
+            owner,
+        )?;
+        let main = self.data_dir.join("postgresql.conf");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&main)
+            .map_err(io_err("opening", &main))?;
+        f.write_all(include_line().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("appending to", &main))
+    }
+
+    /// Runs `SELECT 1` on the administrative session, dropping the session when it fails.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let attempt = async {
+            let client = self.session.client().await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(crate::error::stmt(None))?;
+            Ok::<(), Error>(())
+        };
+        let result = match tokio::time::timeout(PING_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: "readiness query",
+                after: PING_TIMEOUT,
+            }),
+        };
+        if result.is_err() {
+            self.session.reset().await;
+        }
+        result
+    }
+
+    /// Waits until the server accepts sessions, it exits, the start timeout passes or the
+    /// operation is cancelled.
+    async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
+        let timeout = self.start_timeout();
+        let deadline = Instant::now() + timeout;
+        loop {
+            ctx.cancelled()?;
+            if let ServerState::Exited { code, .. } = self.runtime.state().await {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "the PostgreSQL server exited while starting ({}): {}",
+                        code.map_or_else(|| "signal".to_owned(), |c| format!("exit code {c}")),
+                        log_tail(&self.run_dir.join(LOG_FILE))
+                    ),
+                    source: None,
+                });
+            }
+            let last = match self.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                tracing::warn!(error = %last, "The PostgreSQL server did not become ready in time.");
+                return Err(Error::Timeout {
+                    operation: "start",
+                    after: timeout,
+                });
+            }
+            tokio::select! {
+                () = tokio::time::sleep(READY_POLL) => {}
+                () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            }
+        }
+    }
+
+    /// Makes the runtime track a server that runs from an earlier agent (its pid file names a
+    /// live process), so that it can be stopped.
+    async fn adopt_running(&self) -> Result<()> {
+        if matches!(self.runtime.state().await, ServerState::Running { .. }) {
+            return Ok(());
+        }
+        let pid = fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        if let Some(pid) = pid.filter(|p| pid_alive(*p)) {
+            tracing::info!(pid, "Adopting the running PostgreSQL server.");
+            self.runtime.start(&self.server_spec()?).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server through the runtime and waits until it answers.
+    async fn start_server(&self, ctx: &OpContext) -> Result<()> {
+        self.session.reset().await;
+        self.runtime.start(&self.server_spec()?).await?;
+        self.wait_ready(ctx).await
+    }
+}
+
+#[async_trait]
+impl Lifecycle for PgDriver {
+    async fn prepare(&self, ctx: &OpContext, spec: &PrepareSpec) -> Result<()> {
+        if spec.overrides.as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err(Error::NotSupported {
+                operation: "apply_overrides",
+                driver: DRIVER_NAME,
+            });
+        }
+        ctx.cancelled()?;
+        self.check_fresh_data_dir()?;
+        // Both binaries are looked up before anything is created.
+        self.program("initdb")?;
+        self.program("postgres")?;
+        let owner = self.owner()?;
+        if spec.config_contents.is_some() {
+            tracing::info!(
+                "Ignoring the base configuration sent with prepare; the driver writes its own."
+            );
+        }
+
+        ensure_dir(&self.data_dir, 0o700, owner.as_ref())?;
+        ensure_dir(&self.run_dir, 0o755, owner.as_ref())?;
+        if let Some(o) = &owner {
+            check_traversable(&self.data_dir, o)?;
+            check_traversable(&self.run_dir, o)?;
+        }
+        let password = Password::generate(ADMIN_PASSWORD_LEN)?;
+        self.store_admin_password(&password)?;
+        self.run_initdb(&password, owner.as_ref()).await?;
+        self.write_config(spec, owner.as_ref())?;
+        ctx.cancelled()?;
+
+        tracing::info!(port = self.port, "Starting PostgreSQL for the first time.");
+        self.start_server(ctx).await?;
+        if !spec.databases.is_empty() {
+            self.create_databases(ctx, &spec.databases).await?;
+        }
+        if !spec.users.is_empty() {
+            self.create_users(ctx, &spec.users).await?;
+        }
+        if let Some(pw) = &spec.root_password {
+            self.enable_root(ctx, Some(pw.clone())).await?;
+        }
+        tracing::info!("PostgreSQL is prepared.");
+        Ok(())
+    }
+
+    async fn start(&self, ctx: &OpContext) -> Result<()> {
+        ctx.cancelled()?;
+        self.require_initialised("start")?;
+        if matches!(self.runtime.state().await, ServerState::Running { .. }) {
+            return self.wait_ready(ctx).await;
+        }
+        self.start_server(ctx).await
+    }
+
+    async fn stop(&self, ctx: &OpContext, mode: StopMode) -> Result<()> {
+        ctx.cancelled()?;
+        self.adopt_running().await?;
+        // Our own session would hold up a smart shutdown until the grace time ran out.
+        self.session.reset().await;
+        let signal = match mode {
+            StopMode::Smart => StopSignal::Term,
+            StopMode::Fast => StopSignal::Int,
+            StopMode::Immediate => StopSignal::Quit,
+        };
+        self.runtime.stop(signal, self.stop_timeout()).await
+    }
+
+    async fn restart(&self, ctx: &OpContext) -> Result<()> {
+        self.stop(ctx, StopMode::Fast).await?;
+        self.start(ctx).await
+    }
+
+    async fn status(&self, _ctx: &OpContext) -> DatastoreStatus {
+        match self.runtime.state().await {
+            ServerState::Running { .. } => {
+                if self.ping().await.is_ok() {
+                    DatastoreStatus::Healthy
+                } else {
+                    DatastoreStatus::Running
+                }
+            }
+            // A server left running by an earlier agent is not tracked until `start` adopts
+            // it; if it answers, it is healthy all the same.
+            ServerState::NotStarted => {
+                if self.ping().await.is_ok() {
+                    DatastoreStatus::Healthy
+                } else {
+                    DatastoreStatus::Shutdown
+                }
+            }
+            ServerState::Exited {
+                requested: true, ..
+            } => DatastoreStatus::Shutdown,
+            ServerState::Exited {
+                requested: false, ..
+            } => DatastoreStatus::Crashed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let owner = Owner {
+            name: "x".into(),
+            uid: Uid::from_raw(4242),
+            gid: Gid::from_raw(4242),
+        };
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(can_traverse(
+            &fs::metadata(p).unwrap(),
+            &owner,
+            &[owner.gid]
+        ));
+        fs::set_permissions(p, fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(!can_traverse(
+            &fs::metadata(p).unwrap(),
+            &owner,
+            &[owner.gid]
+        ));
+        let meta = fs::metadata(p).unwrap();
+        let group_member = [Gid::from_raw(meta.gid())];
+        assert!(can_traverse(&meta, &owner, &group_member));
+    }
+
+    #[test]
+    fn files_are_written_atomically_with_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        write_file(&f, b"one", 0o600, None).unwrap();
+        write_file(&f, b"two", 0o600, None).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn log_tail_quotes_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("log");
+        let text: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        fs::write(&f, text).unwrap();
+        let tail = log_tail(&f);
+        assert!(
+            tail.starts_with("line 14") && tail.ends_with("line 19"),
+            "{tail}"
+        );
+        assert!(log_tail(&dir.path().join("none")).contains("no server log"));
+    }
+}
