@@ -129,10 +129,12 @@ impl Dispatcher {
         match &result {
             Ok(_) => tracing::info!(
                 method = label, request_id = %ctx.request_id, transport = ctx.transport,
+                peer = ctx.peer.as_deref().unwrap_or("-"),
                 ms = secs * 1000.0, "Operation finished."
             ),
             Err(e) => tracing::warn!(
                 method = label, request_id = %ctx.request_id, transport = ctx.transport,
+                peer = ctx.peer.as_deref().unwrap_or("-"),
                 ms = secs * 1000.0, error_type = e.kind(), error = %e, "Operation failed."
             ),
         }

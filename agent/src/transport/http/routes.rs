@@ -313,7 +313,123 @@ async fn openapi() -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use guest_agent_api::DriverSettings;
+    use guest_agent_api::runtime::ProcessRuntime;
+    use tower::ServiceExt as _;
+
     use super::*;
+    use crate::rpc::Request as RpcRequest;
+    use crate::state::AgentState;
+    use crate::telemetry::Metrics;
+
+    /// A router over the PostgreSQL driver, built but never connected.
+    async fn app(dir: &std::path::Path) -> Router {
+        let state_dir = dir.join("agent");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let settings = DriverSettings {
+            os_user: Some("postgres".to_owned()),
+            ..DriverSettings::new(
+                "postgresql",
+                dir.join("data"),
+                dir.join("run"),
+                dir.join("driver"),
+                5432,
+                Arc::new(ProcessRuntime::new()),
+            )
+        };
+        let driver = (guest_agent_postgres::factory().build)(settings)
+            .await
+            .unwrap();
+        let dispatcher = Dispatcher::new(
+            driver,
+            Arc::new(AgentState::load(&state_dir)),
+            Arc::new(Metrics::default()),
+        );
+        router(Arc::new(dispatcher), &HttpSection::default())
+    }
+
+    fn doc() -> Value {
+        serde_json::from_str(OPENAPI_JSON).unwrap()
+    }
+
+    #[test]
+    fn openapi_paths_are_the_routes() {
+        let doc = doc();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let documented: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let routed: BTreeSet<&str> = PATHS.iter().copied().collect();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn openapi_method_enum_is_request_methods() {
+        let doc = doc();
+        let params = doc["paths"][RPC]["post"]["parameters"].as_array().unwrap();
+        let method = params.iter().find(|p| p["name"] == "method").unwrap();
+        let listed: Vec<&str> = method["schema"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            RpcRequest::METHODS,
+            "regenerate the method enum of agent/openapi.json"
+        );
+        let described: BTreeSet<&str> = doc["x-rpc-methods"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let known: BTreeSet<&str> = RpcRequest::METHODS.iter().copied().collect();
+        assert_eq!(described, known, "x-rpc-methods of agent/openapi.json");
+    }
+
+    /// Every documented (path, verb) is routed, and every other verb on a routed path is 405.
+    #[tokio::test]
+    async fn documented_operations_are_routed() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let uri = path
+                .replace("{method}", "rpc_ping")
+                .replace("{id}", "no-such-op");
+            for verb in ["get", "post", "put", "delete"] {
+                let req = axum::http::Request::builder()
+                    .method(verb.to_uppercase().as_str())
+                    .uri(&uri)
+                    .body(Body::empty())
+                    .unwrap();
+                let resp = app.clone().oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if item.get(verb).is_some() {
+                    assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{verb} {uri}");
+                    let unrouted = body["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("no route"));
+                    assert!(!unrouted, "{verb} {uri} is documented but not routed");
+                } else {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{verb} {uri}");
+                    assert_eq!(body["error"]["type"], "MethodNotAllowed", "{verb} {uri}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn request_ids() {
