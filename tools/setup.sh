@@ -6,7 +6,7 @@
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
-PACKAGES=(postgresql-15 postgresql-client-15 util-linux ca-certificates curl procps)
+PACKAGES=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client mariadb-backup util-linux ca-certificates curl procps)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() {
