@@ -1,11 +1,16 @@
 //! Conformance functions for declared capabilities: what a driver leaves out must say
 //! `NotSupported`, and what it declares must be there.
+//!
+//! The group modules test each declared capability in depth; this one checks the
+//! declaration itself: optional groups present exactly when declared, flags consistent with
+//! each other, and a `NotSupported` from every undeclared group.
 
 use guest_agent_api::Error;
+use guest_agent_api::admin::PageRequest;
 use guest_agent_api::config::{Overrides, ValidatedOverrides};
 
 use crate::Harness;
-use crate::check::{assert_not_supported, caps, ok, within};
+use crate::check::{assert_not_supported, caps, ok, user_ref, within};
 
 /// Optional groups exist exactly when declared; the configuration group answers
 /// `NotSupported` when `config` is not declared and validates when it is.
@@ -45,6 +50,40 @@ pub async fn unsupported_groups_say_not_supported(h: &Harness) {
             c.databases,
             "database_charset needs the databases capability"
         );
+    }
+
+    // Each undeclared administrative capability answers NotSupported on a read-only call
+    // (the admin functions check every call of the group).
+    let a = h.driver.admin();
+    let all = PageRequest::default();
+    let someone = user_ref(&h.names.user_name());
+    if !c.databases {
+        let r = within(
+            "list_databases",
+            a.list_databases(&h.ctx("list_databases"), &all),
+        )
+        .await;
+        assert_not_supported(h, "list_databases", r);
+    }
+    if !c.users {
+        let r = within("list_users", a.list_users(&h.ctx("list_users"), &all)).await;
+        assert_not_supported(h, "list_users", r);
+    }
+    if !c.grants {
+        let r = within(
+            "list_access",
+            a.list_access(&h.ctx("list_access"), &someone),
+        )
+        .await;
+        assert_not_supported(h, "list_access", r);
+    }
+    if !c.root {
+        let r = within(
+            "is_root_enabled",
+            a.is_root_enabled(&h.ctx("is_root_enabled")),
+        )
+        .await;
+        assert_not_supported(h, "is_root_enabled", r);
     }
 
     let cfg = h.driver.config();
