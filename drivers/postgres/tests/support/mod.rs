@@ -185,7 +185,10 @@ pub async fn prepared(spec: &PrepareSpec) -> (Arc<PgDriver>, ServerGuard) {
                 last = format!("{e}\nserver log:\n{}", guard.layout().server_log());
                 // Stop whatever is left before the guard removes the directory.
                 let _ = driver
-                    .stop(&OpContext::new("cleanup"), guest_agent_api::StopMode::Immediate)
+                    .stop(
+                        &OpContext::new("cleanup"),
+                        guest_agent_api::StopMode::Immediate,
+                    )
                     .await;
             }
         }
