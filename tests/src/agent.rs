@@ -69,10 +69,15 @@ pub struct Agent {
 impl Agent {
     /// Spawns `guest-agent run --config <written config>` without waiting for it.
     pub fn spawn(env: &TestEnv, config: &Value) -> Self {
+        Self::spawn_bin(&agent_binary(), env, config)
+    }
+
+    /// Like [`Agent::spawn`] with an explicit binary (the benchmark runs the release build).
+    pub fn spawn_bin(bin: &Path, env: &TestEnv, config: &Value) -> Self {
         let config_path = write_config(env, config);
         let stderr_path = config_path.with_extension("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr file");
-        let child = Command::new(agent_binary())
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&config_path)
