@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and tools/run-local.sh need from Debian packages, idempotently:
-# PostgreSQL 15 (server + client), setpriv/runuser (util-linux), CA certificates, curl, ps.
+# PostgreSQL 15 (server + client), MariaDB (server, client, backup), setpriv/runuser
+# (util-linux), CA certificates, curl, ps.
 # Runs `apt-get update` only when something is missing, never starts a system service, and
 # verifies the result. Run it as root.
 set -euo pipefail
@@ -66,6 +67,10 @@ done
 version=$("$PG_BIN/initdb" --version) || die "$PG_BIN/initdb --version failed"
 [[ $version == *" 15."* ]] || die "unexpected initdb version: $version"
 getent passwd postgres >/dev/null || die "the postgres OS user does not exist"
+if [[ " ${PACKAGES[*]} " == *" mariadb-server "* ]]; then
+    [[ -x /usr/sbin/mariadbd ]] || die "/usr/sbin/mariadbd is missing (mariadb-server broken?)"
+    command -v mariadb-backup >/dev/null || die "mariadb-backup is not on PATH"
+fi
 for tool in setpriv runuser curl ps psql; do
     command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
