@@ -134,19 +134,16 @@ impl From<PgError> for Error {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Connect { socket_dir, source } => {
-                if let Some(db) = source.as_db_error() {
-                    let code = db.code().code();
-                    if !is_unavailable(code) {
-                        return Error::Unavailable {
-                            message: format!(
-                                "PostgreSQL refused the administrative session: {} (SQLSTATE {code})",
-                                db.message()
-                            ),
-                            source: None,
-                        };
-                    }
-                }
-                let message = format!("cannot connect to PostgreSQL through {socket_dir}");
+                // Whatever the reason (no server, starting up, refused credentials), the
+                // datastore cannot be used right now; the server's own words say why.
+                let message = match source.as_db_error() {
+                    Some(db) => format!(
+                        "PostgreSQL refused a session through {socket_dir}: {} (SQLSTATE {})",
+                        db.message(),
+                        db.code().code()
+                    ),
+                    None => format!("cannot connect to PostgreSQL through {socket_dir}"),
+                };
                 Error::Unavailable {
                     message,
                     source: Some(BoxError::from(source)),

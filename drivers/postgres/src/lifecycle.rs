@@ -68,7 +68,9 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-fn chown(path: &Path, owner: Option<&Owner>) -> Result<()> {
+/// Hands a directory to `owner`. Only for directories whose parents the agent controls; files
+/// inside the OS user's directories go through [`write_file`], which works on descriptors.
+fn chown_dir(path: &Path, owner: Option<&Owner>) -> Result<()> {
     if let Some(o) = owner {
         nix::unistd::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| {
             Error::io(
@@ -85,30 +87,44 @@ fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
     fs::create_dir_all(path).map_err(io_err("creating", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", path))?;
-    chown(path, owner)
+    chown_dir(path, owner)
+}
+
+/// Opening flags that refuse a symbolic link in the last path component: the directories
+/// written to as root may belong to the server's OS user, who must not be able to redirect
+/// the agent's writes (or reads) elsewhere.
+fn no_follow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, with `mode` and owner.
+/// Mode and owner are set on the open descriptor, never through the (replaceable) path.
 fn write_file(path: &Path, contents: &[u8], mode: u32, owner: Option<&Owner>) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
+    // A leftover from an interrupted write; `create_new` below refuses anything still there.
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
+        .custom_flags(no_follow())
         .open(&tmp)
         .map_err(io_err("creating", &tmp))?;
     let written = f
-        .write_all(contents)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err("writing", &tmp))
-        .and_then(|()| {
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-                .map_err(io_err("setting the mode of", &tmp))
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", &tmp))
+        .and_then(|()| match owner {
+            Some(o) => std::os::unix::fs::fchown(&f, Some(o.uid.as_raw()), Some(o.gid.as_raw()))
+                .map_err(io_err("changing the owner of", &tmp)),
+            None => Ok(()),
         })
-        .and_then(|()| chown(&tmp, owner))
+        .and_then(|()| {
+            f.write_all(contents)
+                .and_then(|()| f.sync_all())
+                .map_err(io_err("writing", &tmp))
+        })
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming into", path)));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -155,7 +171,10 @@ fn check_traversable(dir: &Path, owner: &Owner) -> Result<()> {
 /// The last lines of the server log, for an error message.
 fn log_tail(path: &Path) -> String {
     let read = || -> std::io::Result<String> {
-        let mut f = fs::File::open(path)?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow())
+            .open(path)?;
         let len = f.metadata()?.len();
         f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
         let mut buf = Vec::new();
@@ -340,6 +359,7 @@ impl PgDriver {
         let main = self.data_dir.join("postgresql.conf");
         let mut f = OpenOptions::new()
             .append(true)
+            .custom_flags(no_follow())
             .open(&main)
             .map_err(io_err("opening", &main))?;
         f.write_all(include_line().as_bytes())
@@ -370,10 +390,13 @@ impl PgDriver {
         result
     }
 
-    /// Waits until the server accepts sessions, it exits, the start timeout passes or the
-    /// operation is cancelled.
+    /// Waits until the server accepts sessions, it exits, the start timeout (or the caller's
+    /// deadline) passes or the operation is cancelled.
     async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
-        let timeout = self.start_timeout();
+        // The start timeout, cut short when the caller stops waiting earlier.
+        let timeout = ctx
+            .remaining()
+            .map_or(self.start_timeout(), |left| left.min(self.start_timeout()));
         let deadline = Instant::now() + timeout;
         loop {
             ctx.cancelled()?;
@@ -571,6 +594,24 @@ mod tests {
         assert_eq!(fs::read(&f).unwrap(), b"two");
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn symlinks_are_replaced_or_refused_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        // A link planted where a managed file goes is replaced, not written through.
+        let managed = dir.path().join("pg_hba.conf");
+        std::os::unix::fs::symlink(&victim, &managed).unwrap();
+        write_file(&managed, b"managed", 0o600, None).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(fs::read(&managed).unwrap(), b"managed");
+        assert!(!fs::symlink_metadata(&managed).unwrap().is_symlink());
+        // A log that is a link is not quoted.
+        let log = dir.path().join("postgres.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        assert!(!log_tail(&log).contains("untouched"));
     }
 
     #[test]

@@ -156,6 +156,13 @@ async fn prepare_refuses_a_non_empty_data_dir_and_overrides_touching_nothing() {
         assert!(!p.exists(), "{} was created", p.display());
     }
 
+    // A cancelled operation stops before anything is created.
+    let cancelled = ctx("prepare");
+    cancelled.cancel.cancel();
+    let e = driver.prepare(&cancelled, &small_spec()).await.unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert!(!l.data_dir.exists() && !l.run_dir.exists());
+
     // A data directory holding something else is refused, untouched.
     std::fs::create_dir(&l.data_dir).unwrap();
     std::fs::write(l.data_dir.join("precious"), b"keep me").unwrap();
