@@ -149,15 +149,7 @@ impl GtidSet {
             if !any {
                 return Err(err("no interval"));
             }
-            ivs.sort_unstable();
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ivs.len());
-            for &(a, b) in ivs.iter() {
-                match merged.last_mut() {
-                    Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-                    _ => merged.push((a, b)),
-                }
-            }
-            *ivs = merged;
+            *ivs = normalise(std::mem::take(ivs));
         }
         Ok(out)
     }
@@ -186,6 +178,135 @@ impl GtidSet {
         });
         maria && mysql
     }
+
+    /// Whether the set holds no transaction at all.
+    pub fn is_empty(&self) -> bool {
+        self.mariadb.is_empty() && self.mysql.values().all(Vec::is_empty)
+    }
+
+    /// Every transaction in `self` or in `other`.
+    ///
+    /// MariaDB: per domain the later position (the higher sequence number; on a tie `self`'s
+    /// server id is kept). MySQL: the union of the intervals per source.
+    #[must_use]
+    pub fn union(&self, other: &GtidSet) -> GtidSet {
+        let mut out = self.clone();
+        for (d, (srv, seq)) in &other.mariadb {
+            match out.mariadb.get(d) {
+                Some((_, ours)) if ours >= seq => {}
+                _ => {
+                    out.mariadb.insert(*d, (*srv, *seq));
+                }
+            }
+        }
+        for (uuid, ivs) in &other.mysql {
+            let merged = out.mysql.entry(uuid.clone()).or_default();
+            merged.extend_from_slice(ivs);
+            *merged = normalise(std::mem::take(merged));
+        }
+        out
+    }
+
+    /// Whether `self` holds every transaction of `other` and at least one more: `self` is
+    /// strictly ahead. Two MariaDB positions with the same sequence numbers but other server
+    /// ids are not ahead of each other (they diverged).
+    pub fn is_more_advanced_than(&self, other: &GtidSet) -> bool {
+        other.is_subset_of(self) && !self.is_subset_of(other)
+    }
+
+    /// The transactions of `self` that `reference` does not hold.
+    ///
+    /// With `reference` = what a replica received from its sources (MariaDB `gtid_slave_pos`)
+    /// or its primary's executed set (MySQL `gtid_executed`), the result is the replica's
+    /// *errant* transactions: written on the replica itself, unknown to the primary. An empty
+    /// result means none.
+    ///
+    /// MariaDB positions carry only the last GTID per domain, so the result names, per domain,
+    /// the last GTID of `self` when it is beyond `reference`'s sequence number, or at the same
+    /// number from another server (a diverged history). MySQL sets are subtracted exactly.
+    #[must_use]
+    pub fn errant_against(&self, reference: &GtidSet) -> GtidSet {
+        let mut out = GtidSet::default();
+        for (d, (srv, seq)) in &self.mariadb {
+            let covered = match reference.mariadb.get(d) {
+                Some((rsrv, rseq)) => rseq > seq || (rseq == seq && rsrv == srv),
+                None => false,
+            };
+            if !covered {
+                out.mariadb.insert(*d, (*srv, *seq));
+            }
+        }
+        for (uuid, ivs) in &self.mysql {
+            let rest = match reference.mysql.get(uuid) {
+                Some(rivs) => subtract(ivs, rivs),
+                None => ivs.clone(),
+            };
+            if !rest.is_empty() {
+                out.mysql.insert(uuid.clone(), rest);
+            }
+        }
+        out
+    }
+
+    /// The part of the set that originated on the server `origin`: MariaDB domains whose last
+    /// GTID carries server id `origin`, or the MySQL intervals of source UUID `origin`.
+    #[must_use]
+    pub fn originated_by(&self, origin: &str) -> GtidSet {
+        let mut out = GtidSet::default();
+        if let Ok(id) = origin.trim().parse::<u32>() {
+            out.mariadb = self
+                .mariadb
+                .iter()
+                .filter(|(_, (srv, _))| *srv == id)
+                .map(|(d, v)| (*d, *v))
+                .collect();
+        }
+        let uuid = origin.trim().to_ascii_lowercase();
+        if let Some(ivs) = self.mysql.get(&uuid) {
+            out.mysql.insert(uuid, ivs.clone());
+        }
+        out
+    }
+
+    /// MariaDB entries as `(domain, server id, sequence number)`, in domain order.
+    pub fn mariadb_entries(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+        self.mariadb.iter().map(|(d, (srv, seq))| (*d, *srv, *seq))
+    }
+}
+
+/// Sorts and merges inclusive intervals (adjacent ones join: `1-3` and `4-5` make `1-5`).
+fn normalise(mut ivs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ivs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ivs.len());
+    for (a, b) in ivs {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+/// `ivs` minus `minus`, both sorted, disjoint and inclusive.
+fn subtract(ivs: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(a, b) in ivs {
+        let mut start = Some(a);
+        for &(ma, mb) in minus {
+            let Some(s) = start else { break };
+            if mb < s || ma > b {
+                continue;
+            }
+            if ma > s {
+                out.push((s, ma - 1));
+            }
+            start = mb.checked_add(1).filter(|n| *n <= b);
+        }
+        if let Some(s) = start {
+            out.push((s, b));
+        }
+    }
+    out
 }
 
 impl fmt::Display for GtidSet {
@@ -322,5 +443,162 @@ mod tests {
         let json = serde_json::to_string(&l2).unwrap();
         assert_eq!(json, r#"{"kind":"lsn","value":"0/20"}"#);
         assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), l2);
+    }
+
+    /// `gtid_binlog_pos` / `gtid_slave_pos` samples as MariaDB 10.11 prints them.
+    #[test]
+    fn mariadb_real_world_samples() {
+        let binlog = GtidSet::parse("0-101-2033,1-102-887,10-101-1").unwrap();
+        assert_eq!(
+            binlog.mariadb_entries().collect::<Vec<_>>(),
+            [(0, 101, 2033), (1, 102, 887), (10, 101, 1)]
+        );
+        assert_eq!(binlog.to_string(), "0-101-2033,1-102-887,10-101-1");
+        assert!(GtidSet::parse("").unwrap().is_empty());
+        assert!(GtidSet::parse(" 0-1-2000 ").unwrap().is_subset_of(&binlog));
+        assert!(!GtidSet::parse("0-1-3391").unwrap().is_subset_of(&binlog));
+
+        // A replica that wrote locally under gtid_strict_mode: 0-2-8 after 0-1-7 from the source.
+        let replica_binlog = GtidSet::parse("0-2-8").unwrap();
+        let replica_slave = GtidSet::parse("0-1-7").unwrap();
+        let errant = replica_binlog.errant_against(&replica_slave);
+        assert_eq!(errant.to_string(), "0-2-8");
+        assert_eq!(replica_binlog.originated_by("2").to_string(), "0-2-8");
+        assert!(replica_binlog.originated_by("1").is_empty());
+        // A caught-up replica has none.
+        let caught_up = GtidSet::parse("0-1-7").unwrap();
+        assert!(caught_up.errant_against(&replica_slave).is_empty());
+        // A domain the source never sent is errant; same sequence from another server too.
+        assert_eq!(
+            GtidSet::parse("0-1-7,5-2-1")
+                .unwrap()
+                .errant_against(&replica_slave)
+                .to_string(),
+            "5-2-1"
+        );
+        assert_eq!(
+            GtidSet::parse("0-3-7")
+                .unwrap()
+                .errant_against(&replica_slave)
+                .to_string(),
+            "0-3-7"
+        );
+    }
+
+    #[test]
+    fn mariadb_union_and_advance() {
+        let a = GtidSet::parse("0-1-100,1-2-7").unwrap();
+        let b = GtidSet::parse("0-3-120,2-1-1").unwrap();
+        assert_eq!(a.union(&b).to_string(), "0-3-120,1-2-7,2-1-1");
+        assert_eq!(a.union(&a), a);
+        let behind = GtidSet::parse("0-1-99,1-2-7").unwrap();
+        assert!(a.is_more_advanced_than(&behind));
+        assert!(!behind.is_more_advanced_than(&a));
+        assert!(!a.is_more_advanced_than(&a));
+        // Neither contains the other: not comparable.
+        assert!(!a.is_more_advanced_than(&b) && !b.is_more_advanced_than(&a));
+        // Same sequence, other server: diverged, neither is ahead.
+        let x = GtidSet::parse("0-1-5").unwrap();
+        let y = GtidSet::parse("0-2-5").unwrap();
+        assert!(!x.is_more_advanced_than(&y) && !y.is_more_advanced_than(&x));
+        assert!(GtidSet::default().is_empty());
+        assert!(x.is_more_advanced_than(&GtidSet::default()));
+    }
+
+    /// `gtid_executed` as MySQL 8 prints it: upper-case UUIDs, several intervals, a newline
+    /// after each comma.
+    #[test]
+    fn mysql_real_world_samples() {
+        let text = "2174B383-5441-11E8-B90A-C80AA9429562:1-3,\n\
+                    24DA167F-C2E1-11E8-8FCE-080027BFF8A1:1-19:21-30:47";
+        let s = GtidSet::parse(text).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "2174b383-5441-11e8-b90a-c80aa9429562:1-3,\
+             24da167f-c2e1-11e8-8fce-080027bff8a1:1-19:21-30:47"
+        );
+        let primary = GtidSet::parse(
+            "2174B383-5441-11E8-B90A-C80AA9429562:1-3,24DA167F-C2E1-11E8-8FCE-080027BFF8A1:1-40",
+        )
+        .unwrap();
+        // The replica holds 47 that the primary lacks, and 21-30 which it has.
+        assert_eq!(
+            s.errant_against(&primary).to_string(),
+            "24da167f-c2e1-11e8-8fce-080027bff8a1:47"
+        );
+        assert!(primary.errant_against(&primary).is_empty());
+        let u = s.union(&primary);
+        assert_eq!(
+            u.to_string(),
+            "2174b383-5441-11e8-b90a-c80aa9429562:1-3,\
+             24da167f-c2e1-11e8-8fce-080027bff8a1:1-40:47"
+        );
+        assert!(u.is_more_advanced_than(&primary) && u.is_more_advanced_than(&s));
+        assert!(!s.is_more_advanced_than(&primary) && !primary.is_more_advanced_than(&s));
+        assert_eq!(
+            u.originated_by("2174b383-5441-11e8-b90a-c80aa9429562")
+                .to_string(),
+            "2174b383-5441-11e8-b90a-c80aa9429562:1-3"
+        );
+    }
+
+    #[test]
+    fn mysql_subtraction_edges() {
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let set = |t: &str| GtidSet::parse(&format!("{u}:{t}")).unwrap();
+        assert_eq!(
+            set("1-10").errant_against(&set("3-5")).to_string(),
+            format!("{u}:1-2:6-10")
+        );
+        assert!(set("1-10").errant_against(&set("1-10")).is_empty());
+        assert_eq!(
+            set("1-10:20-30").errant_against(&set("5-25")).to_string(),
+            format!("{u}:1-4:26-30")
+        );
+        assert_eq!(
+            set("18446744073709551614-18446744073709551615")
+                .errant_against(&set("18446744073709551615"))
+                .to_string(),
+            format!("{u}:18446744073709551614")
+        );
+    }
+
+    #[test]
+    fn bad_strings_name_the_offending_element() {
+        let u = "3E11FA47-71CA-11E1-9E33-C80AA9429562";
+        for (text, element, reason) in [
+            ("0-1-5,0-x-2", "0-x-2", "server id"),
+            ("0-1-5,0-2-6", "0-2-6", "twice"),
+            ("0-1", "0-1", "domain-server-sequence"),
+            ("0-1-2-3", "0-1-2-3", "domain-server-sequence"),
+            ("a-1-2", "a-1-2", "domain"),
+            (
+                "0-1-99999999999999999999",
+                "0-1-99999999999999999999",
+                "sequence",
+            ),
+        ] {
+            let e = GtidSet::parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{element}'")), "{text}: {e}");
+            assert!(e.contains(reason), "{text}: {e}");
+        }
+        let bad_uuid = "3E11FA47-71CA-11E1-9E33:1-5";
+        let e = GtidSet::parse(&format!("{u}:1-5,{bad_uuid}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad_uuid) && e.contains("UUID"), "{e}");
+        for (iv, reason) in [("0", "start"), ("5-3", "start"), ("x", "number")] {
+            let e = GtidSet::parse(&format!("{u}:{iv}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{u}:{iv}")) && e.contains(reason),
+                "{e}"
+            );
+        }
+        let e = GtidSet::parse(&format!("{u}:1,{u}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no interval"), "{e}");
     }
 }
