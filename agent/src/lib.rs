@@ -4,6 +4,7 @@
 //! operations, transports (HTTPS), heartbeats, and the application that wires a datastore
 //! driver to them.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod heartbeat;

@@ -104,9 +104,11 @@ impl Dispatcher {
         } else {
             "unknown"
         };
+        let mut quiet = false;
         let result = if self.accepting.load(Ordering::SeqCst) {
             match Request::parse(method, args) {
                 Ok(req) => {
+                    quiet = req.access() == Access::Free;
                     let this = Arc::clone(self);
                     let method_owned = method.to_owned();
                     let ctx2 = ctx.clone();
@@ -124,18 +126,24 @@ impl Dispatcher {
         } else {
             Err(RpcError::ShuttingDown)
         };
-        let secs = started.elapsed().as_secs_f64();
-        self.metrics.observe(label, result.is_ok(), secs);
+        let elapsed = started.elapsed();
+        self.metrics
+            .observe(label, result.is_ok(), elapsed.as_secs_f64());
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let peer = ctx.peer.as_deref().unwrap_or("-");
         match &result {
+            // Probes (ping, status, stats) are frequent and change nothing: keep them quiet.
+            Ok(_) if quiet => tracing::debug!(
+                method = label, request_id = %ctx.request_id, transport = ctx.transport,
+                peer, us, "Operation finished."
+            ),
             Ok(_) => tracing::info!(
                 method = label, request_id = %ctx.request_id, transport = ctx.transport,
-                peer = ctx.peer.as_deref().unwrap_or("-"),
-                ms = secs * 1000.0, "Operation finished."
+                peer, us, "Operation finished."
             ),
             Err(e) => tracing::warn!(
                 method = label, request_id = %ctx.request_id, transport = ctx.transport,
-                peer = ctx.peer.as_deref().unwrap_or("-"),
-                ms = secs * 1000.0, error_type = e.kind(), error = %e, "Operation failed."
+                peer, us, error_type = e.kind(), error = %e, "Operation failed."
             ),
         }
         result
