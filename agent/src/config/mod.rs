@@ -11,7 +11,7 @@
 //! - [`ConfigSource::TroveDir`] fills what Trove's `guest_info.conf` and
 //!   `trove-guestagent.conf` say ([`trove_ini`]);
 //! - [`ConfigSource::Env`] overrides single keys from `GUEST_AGENT__<SECTION>__<KEY>`
-//!   variables ([`env`]).
+//!   variables ([`env`](mod@env)).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -4,7 +4,7 @@
 //! the password of `control_plane.http.url`) and, in the free-form `datastore.options`, any
 //! entry whose name looks like a password, secret, token or key. File paths are not secrets:
 //! `transport.http.tls.key` names a file and is shown. A new secret field must be added to
-//! [`render`], and to its type's hand-written `Debug`.
+//! `render` here, and to its type's hand-written `Debug`.
 
 use ::toml::{Table, Value};
 
