@@ -291,6 +291,159 @@ pub async fn list_databases_paginates(h: &Harness) {
     assert_eq!(tail.next_marker, None, "an unlimited page is the last");
 }
 
+/// With `database_charset` declared, a database created with the character set and collation
+/// the driver reports for a default one is listed with them, and an unknown character set is
+/// refused without creating anything; without it, a character set is `NotSupported`.
+pub async fn create_database_with_charset(h: &Harness) {
+    if !databases_supported(h).await {
+        return;
+    }
+    let a = h.driver.admin();
+    if !caps(h).database_charset {
+        let db = h.names.db_name();
+        let spec = DatabaseSpec::new(db.clone(), Some("utf8".to_owned()), None)
+            .expect("valid character set");
+        let ctx = h.ctx("create_databases");
+        let r = within("create_databases", a.create_databases(&ctx, &[spec])).await;
+        assert_not_supported(h, "create_databases with a character set", r);
+        assert!(!h.probe.database_exists(db.as_str()).await);
+        return;
+    }
+    let plain = fresh_db(h).await;
+    let listed = list_databases(h, &PageRequest::default()).await;
+    let reported = listed
+        .items
+        .iter()
+        .find(|d| d.name == plain)
+        .unwrap_or_else(|| panic!("{plain} is not listed"))
+        .clone();
+    let charset = reported.character_set.clone().unwrap_or_else(|| {
+        panic!("database_charset is declared, so list_databases reports it: {reported:?}")
+    });
+
+    let db = h.names.db_name();
+    let spec = DatabaseSpec::new(db.clone(), Some(charset), reported.collate.clone())
+        .expect("the driver reports valid character sets");
+    let ctx = h.ctx("create_databases");
+    ok(
+        "create_databases with a character set",
+        within("create_databases", a.create_databases(&ctx, &[spec])).await,
+    );
+    assert!(h.probe.database_exists(db.as_str()).await);
+    let listed = list_databases(h, &PageRequest::default()).await;
+    let got = listed
+        .items
+        .iter()
+        .find(|d| d.name == db)
+        .unwrap_or_else(|| panic!("{db} is not listed"));
+    assert_eq!(
+        got.character_set, reported.character_set,
+        "character set of {db}"
+    );
+    assert_eq!(got.collate, reported.collate, "collation of {db}");
+
+    let bogus = h.names.db_name();
+    let spec = DatabaseSpec::new(bogus.clone(), Some("ktnosuchcharset".to_owned()), None)
+        .expect("syntactically valid character set");
+    let ctx = h.ctx("create_databases");
+    let r = within("create_databases", a.create_databases(&ctx, &[spec])).await;
+    assert!(r.is_err(), "an unknown character set must be refused");
+    assert!(
+        !h.probe.database_exists(bogus.as_str()).await,
+        "a refused character set must not leave the database behind"
+    );
+}
+
+/// With `user_hosts` declared, one name on two hosts is two accounts; without it, hosts are
+/// ignored: a user created on one host is found on any.
+pub async fn user_hosts_are_respected_or_ignored(h: &Harness) {
+    if !users_supported(h).await {
+        return;
+    }
+    let a = h.driver.admin();
+    let name = h.names.user_name();
+    let local = HostPattern::new("localhost").expect("valid host");
+    let spec = |host: &HostPattern, password: &Password| UserSpec {
+        name: name.clone(),
+        host: host.clone(),
+        password: password.clone(),
+        databases: Vec::new(),
+    };
+    let pw_local = h.names.password();
+    let ctx = h.ctx("create_users");
+    ok(
+        "create_users on localhost",
+        within(
+            "create_users",
+            a.create_users(&ctx, &[spec(&local, &pw_local)]),
+        )
+        .await,
+    );
+    let on_local = UserRef {
+        name: name.clone(),
+        host: local.clone(),
+    };
+    if !caps(h).user_hosts {
+        assert!(
+            h.probe
+                .user_exists(name.as_str(), any_host().as_str())
+                .await,
+            "without user_hosts the host is ignored"
+        );
+        let ctx = h.ctx("get_user");
+        let got = ok(
+            "get_user",
+            within("get_user", a.get_user(&ctx, &user_ref(&name))).await,
+        );
+        assert!(
+            got.is_some(),
+            "without user_hosts a user created on localhost is found on '%'"
+        );
+        let ctx = h.ctx("create_users");
+        let r = within(
+            "create_users",
+            a.create_users(&ctx, &[spec(&any_host(), &h.names.password())]),
+        )
+        .await;
+        assert_kind("the same name on another host", "AlreadyExists", r);
+        return;
+    }
+    assert!(h.probe.user_exists(name.as_str(), local.as_str()).await);
+    assert!(
+        !h.probe
+            .user_exists(name.as_str(), any_host().as_str())
+            .await,
+        "a user created on localhost must not exist on '%'"
+    );
+    let pw_any = h.names.password();
+    let ctx = h.ctx("create_users");
+    ok(
+        "create_users on '%'",
+        within(
+            "create_users",
+            a.create_users(&ctx, &[spec(&any_host(), &pw_any)]),
+        )
+        .await,
+    );
+    assert!(
+        h.probe
+            .user_exists(name.as_str(), any_host().as_str())
+            .await
+    );
+    let ctx = h.ctx("drop_user");
+    ok(
+        "drop_user on localhost",
+        within("drop_user", a.drop_user(&ctx, &on_local)).await,
+    );
+    assert!(!h.probe.user_exists(name.as_str(), local.as_str()).await);
+    assert!(
+        h.probe
+            .user_exists(name.as_str(), any_host().as_str())
+            .await,
+        "dropping the localhost account must keep the '%' one"
+    );
+}
+
 /// A created user exists for the probe and can log in with its password (and not another).
 pub async fn create_user_then_login(h: &Harness) {
     if !users_supported(h).await {

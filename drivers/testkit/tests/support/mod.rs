@@ -138,6 +138,12 @@ impl Admin for MockDriver {
 
     async fn create_databases(&self, _: &OpContext, dbs: &[DatabaseSpec]) -> Result<()> {
         let mut st = self.need(self.caps().databases, "create_databases")?;
+        let charset = dbs
+            .iter()
+            .any(|d| d.character_set.is_some() || d.collate.is_some());
+        if charset && !self.declared(self.caps().database_charset) {
+            return Err(unsupported("create_databases"));
+        }
         for d in dbs {
             st.dbs.insert(d.name.to_string());
         }
