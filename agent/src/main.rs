@@ -8,14 +8,12 @@ use std::time::Duration;
 use clap::Parser;
 use guest_agent::app::App;
 use guest_agent::cli::{Cli, Command, ConfigArgs};
-use guest_agent::config::{Config, ConfigSource};
+use guest_agent::config::{Config, ConfigSource, ENV_PREFIX};
 use guest_agent::transport::http::{ClientTls, HttpClient};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
-/// Prefix of environment overrides.
-const ENV_PREFIX: &str = "GUEST_AGENT__";
 
 fn load_config(args: &ConfigArgs) -> Result<Config, guest_agent::config::ConfigError> {
     let mut sources = Vec::new();
