@@ -6,7 +6,7 @@
 //! types accept (passwords, pagination markers, character sets) at the second, and finally
 //! checks through the probe that a canary database survived.
 
-use guest_agent_api::admin::{DatabaseSpec, PageRequest};
+use guest_agent_api::admin::{DatabaseSpec, PageRequest, PasswordChange};
 use guest_agent_api::ident::{DbName, HostPattern, Password, UserName};
 use guest_agent_api::{Error, Result};
 
@@ -220,6 +220,22 @@ pub async fn hostile_identifiers_rejected(h: &Harness) {
             assert!(
                 h.probe.can_login(user.as_str(), pw.expose(), None).await,
                 "password {text:?} was not stored verbatim"
+            );
+            // The same text through change_passwords, reversed so it differs.
+            let reversed: String = text.chars().rev().collect();
+            let pw2 = Password::new(reversed.as_str()).expect("valid");
+            let ctx = h.ctx("change_passwords");
+            let change = PasswordChange {
+                user: user_ref(&user),
+                password: pw2.clone(),
+            };
+            ok(
+                "change_passwords",
+                within("change_passwords", a.change_passwords(&ctx, &[change])).await,
+            );
+            assert!(
+                h.probe.can_login(user.as_str(), pw2.expose(), None).await,
+                "password {reversed:?} set by change_passwords was not stored verbatim"
             );
             let ctx = h.ctx("drop_user");
             ok(
