@@ -1,4 +1,5 @@
-//! A small client for the agent's HTTP API (reqwest on rustls with ring; keep-alive).
+//! A small client for the agent's HTTP API (reqwest on rustls with ring; HTTP/1.1
+//! keep-alive).
 //!
 //! `POST /v1/rpc/{method}` with the keyword arguments as a JSON object answers
 //! `{"result": ...}` or `{"error": {"type", "message"}}`; the helpers here turn those into
@@ -64,6 +65,13 @@ impl RpcClient {
     /// A client for `base` (`https://127.0.0.1:PORT`) that trusts the set's CA and presents
     /// the chosen client identity.
     pub fn mtls(base: &str, certs: &CertSet, who: Identity) -> Self {
+        Self::mtls_with(base, certs, who, false)
+    }
+
+    /// Like [`RpcClient::mtls`]; with `http2` the client offers HTTP/2 in ALPN. An idle
+    /// HTTP/2 connection needs its client's cooperation to close at shutdown, so a test
+    /// using one should end with `Agent::terminate().await` while the client still runs.
+    pub fn mtls_with(base: &str, certs: &CertSet, who: Identity, http2: bool) -> Self {
         crate::init_crypto();
         let ca = reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).expect("CA pem");
         let mut b = reqwest::Client::builder()
@@ -72,6 +80,12 @@ impl RpcClient {
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(4)
             .no_proxy();
+        if !http2 {
+            // HTTP/1.1 keep-alive: an idle HTTP/1 connection is closed by the agent at
+            // shutdown without the client's help, which matters because the tests stop
+            // agents from `Drop`, where this client's runtime no longer runs.
+            b = b.http1_only();
+        }
         let pem = match who {
             Identity::Client => Some(&certs.client_identity_pem),
             Identity::Rogue => Some(&certs.rogue_identity_pem),

@@ -33,7 +33,7 @@ async fn snapshot(env: &TestEnv) -> (Vec<String>, Vec<String>) {
 #[tokio::test]
 async fn bad_requests_are_refused_and_change_nothing() {
     let env = TestEnv::new();
-    let (_agent, c) = env.prepared_agent().await;
+    let (mut agent, c) = env.prepared_agent().await;
     let before = snapshot(&env).await;
 
     // Unknown method: 404 naming it.
@@ -74,8 +74,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .post_raw("/v1/rpc/rpc_ping", Some("text/plain"), b"{}".to_vec())
         .await;
     assert_eq!(r.status, 415, "text/plain body: {}", r.body);
+    // Over HTTP/2: on HTTP/1.1 the agent closes the connection while the client is still
+    // sending, and the client sees a broken pipe instead of the 413.
+    let h2 = RpcClient::mtls_with(&env.https_url(), &env.certs, Identity::Client, true);
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 << 20));
-    let r = c
+    let r = h2
         .post_raw(
             "/v1/rpc/rpc_ping",
             Some("application/json"),
@@ -195,6 +198,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // Nothing changed: no database or login role appeared or vanished.
     assert_eq!(snapshot(&env).await, before);
     assert_eq!(c.service_status().await, "healthy");
+    // Stop while the HTTP/2 client can still answer the agent's GOAWAY.
+    assert_eq!(
+        agent.terminate().await.code(),
+        Some(0),
+        "log:\n{}",
+        agent.stderr()
+    );
+    drop(h2);
 }
 
 #[tokio::test]
