@@ -21,6 +21,17 @@ pub const START_BOUND: Duration = Duration::from_secs(60);
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// Keeps the caller's environment from changing the agent's configuration: drops
+/// `RUST_LOG` and every `GUEST_AGENT__*` override.
+fn hermetic(cmd: &mut Command) {
+    cmd.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("GUEST_AGENT__") {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// Path of the built agent binary: `$CARGO_TARGET_DIR/debug/guest-agent` or
 /// `<workspace>/target/debug/guest-agent`. Panics if it has not been built.
 pub fn agent_binary() -> PathBuf {
@@ -77,16 +88,15 @@ impl Agent {
         let config_path = write_config(env, config);
         let stderr_path = config_path.with_extension("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr file");
-        let child = Command::new(bin)
-            .arg("run")
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup stderr file"))
-            .stderr(stderr)
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("spawn guest-agent");
+            .stderr(stderr);
+        hermetic(&mut cmd);
+        let child = cmd.spawn().expect("spawn guest-agent");
         let grace = config
             .pointer("/agent/shutdown_grace_secs")
             .and_then(Value::as_u64)
@@ -219,12 +229,13 @@ pub fn run_to_exit(args: &[&str]) -> Output {
 /// Runs `bin` with `args` to completion, bounded by [`START_BOUND`] (the process is killed
 /// and the test fails past it).
 pub fn run_bin_to_exit(bin: &Path, args: &[&str]) -> Output {
-    let child = Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped());
+    hermetic(&mut cmd);
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
