@@ -468,6 +468,8 @@ pub(crate) struct BaseConf<'a> {
     pub(crate) run_as_root: bool,
     /// `datadir`.
     pub(crate) data_dir: &'a Path,
+    /// `tmpdir`.
+    pub(crate) tmp_dir: &'a Path,
     /// `socket`.
     pub(crate) socket: &'a Path,
     /// `pid-file`.
@@ -503,6 +505,7 @@ impl BaseConf<'_> {
     /// The text of `my.cnf`.
     pub(crate) fn render(&self) -> Result<String> {
         let data_dir = path_text("datastore.data_dir", self.data_dir)?;
+        let tmp_dir = path_text("datastore.options.tmp_dir", self.tmp_dir)?;
         let socket = path_text("datastore.run_dir", self.socket)?;
         let pid_file = path_text("datastore.run_dir", self.pid_file)?;
         let conf_d = path_text("datastore.options.config_dir", self.conf_d)?;
@@ -520,7 +523,7 @@ impl BaseConf<'_> {
         }
         let _ = write!(
             s,
-            "datadir = {data_dir}\nsocket = {socket}\npid-file = {pid_file}\n\
+            "datadir = {data_dir}\ntmpdir = {tmp_dir}\nsocket = {socket}\npid-file = {pid_file}\n\
              port = {port}\nbind-address = {bind}\nskip-name-resolve\n",
             port = self.port,
             bind = self.bind,
@@ -945,6 +948,7 @@ mod tests {
             flavor: Flavor::MariaDb,
             run_as_root: true,
             data_dir: Path::new("/srv/db/data"),
+            tmp_dir: Path::new("/srv/db/tmp"),
             socket: Path::new("/run/db/mysqld.sock"),
             pid_file: Path::new("/run/db/mysqld.pid"),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -957,6 +961,7 @@ mod tests {
         for line in [
             "user = root\n",
             "datadir = /srv/db/data\n",
+            "tmpdir = /srv/db/tmp\n",
             "socket = /run/db/mysqld.sock\n",
             "bind-address = 127.0.0.1\n",
             "port = 3307\n",

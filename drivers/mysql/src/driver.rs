@@ -68,6 +68,10 @@ pub struct MySqlOptions {
     pub connect_timeout_secs: u64,
     /// Directory of `my.cnf` and its `conf.d/`; default: `conf` beside the data directory.
     pub config_dir: Option<PathBuf>,
+    /// The server's private `tmpdir` (temporary tables and sort files); default: `tmp` beside
+    /// the data directory. Private because servers sharing `/tmp` have removed each other's
+    /// temporary files.
+    pub tmp_dir: Option<PathBuf>,
     /// `server_id`; default: a random one chosen at prepare time. Every server of a
     /// replication set needs its own.
     pub server_id: Option<u32>,
@@ -88,6 +92,7 @@ impl Default for MySqlOptions {
             stop_timeout_secs: 120,
             connect_timeout_secs: 10,
             config_dir: None,
+            tmp_dir: None,
             server_id: None,
             replication_host: None,
             replication_connect_retry_secs: 5,
@@ -153,6 +158,7 @@ pub struct MySqlDriver {
     pub(crate) run_dir: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) config_dir: PathBuf,
+    pub(crate) tmp_dir: PathBuf,
     pub(crate) bind_address: IpAddr,
     pub(crate) port: u16,
     pub(crate) bin_dirs: Vec<PathBuf>,
@@ -169,6 +175,7 @@ impl fmt::Debug for MySqlDriver {
             .field("run_dir", &self.run_dir)
             .field("state_dir", &self.state_dir)
             .field("config_dir", &self.config_dir)
+            .field("tmp_dir", &self.tmp_dir)
             .field("bind_address", &self.bind_address)
             .field("port", &self.port)
             .field("os_user", &self.os_user)
@@ -213,24 +220,32 @@ impl MySqlDriver {
     /// state, run or configuration directories inside the data directory (or containing it).
     pub fn new(settings: DriverSettings) -> Result<Self> {
         let opts = MySqlOptions::from_json(&settings.options)?;
-        let config_dir = match &opts.config_dir {
-            Some(d) => d.clone(),
-            None => settings
+        let beside_data = |name: &str| {
+            settings
                 .data_dir
                 .parent()
-                .map(|p| p.join("conf"))
+                .map(|p| p.join(name))
                 .ok_or_else(|| {
                     config_err(
                         "datastore.data_dir",
-                        "must not be the root directory (the configuration goes beside it)",
+                        "must not be the root directory (configuration and tmpdir go beside it)",
                     )
-                })?,
+                })
+        };
+        let config_dir = match &opts.config_dir {
+            Some(d) => d.clone(),
+            None => beside_data("conf")?,
+        };
+        let tmp_dir = match &opts.tmp_dir {
+            Some(d) => d.clone(),
+            None => beside_data("tmp")?,
         };
         for (key, p) in [
             ("datastore.data_dir", &settings.data_dir),
             ("datastore.run_dir", &settings.run_dir),
             ("state_dir", &settings.state_dir),
             ("datastore.options.config_dir", &config_dir),
+            ("datastore.options.tmp_dir", &tmp_dir),
         ] {
             if !p.is_absolute() {
                 return Err(config_err(key, "must be an absolute path"));
@@ -240,6 +255,7 @@ impl MySqlDriver {
             ("state_dir", &settings.state_dir),
             ("datastore.run_dir", &settings.run_dir),
             ("datastore.options.config_dir", &config_dir),
+            ("datastore.options.tmp_dir", &tmp_dir),
         ] {
             if overlaps(p, &settings.data_dir) {
                 return Err(config_err(
@@ -273,6 +289,7 @@ impl MySqlDriver {
             run_dir: settings.run_dir,
             state_dir: settings.state_dir,
             config_dir,
+            tmp_dir,
             bind_address: settings.bind_address,
             port: settings.port,
             bin_dirs: settings.bin_dirs,
@@ -438,6 +455,7 @@ mod tests {
         let d = MySqlDriver::new(settings(serde_json::Value::Null)).unwrap();
         assert_eq!(d.opts, MySqlOptions::default());
         assert_eq!(d.config_dir, Path::new("/srv/mysql/conf"));
+        assert_eq!(d.tmp_dir, Path::new("/srv/mysql/tmp"));
         assert_eq!(d.my_cnf(), Path::new("/srv/mysql/conf/my.cnf"));
         assert_eq!(d.replication_host(), "127.0.0.1");
         let d = MySqlDriver::new(settings(json!({
@@ -479,6 +497,8 @@ mod tests {
         s.run_dir = "run".into();
         assert!(MySqlDriver::new(s).is_err());
         let s = settings(json!({"config_dir": "/srv/mysql/data/etc"}));
+        assert!(MySqlDriver::new(s).is_err());
+        let s = settings(json!({"tmp_dir": "/srv/mysql/data/tmp"}));
         assert!(MySqlDriver::new(s).is_err());
         let s = settings(json!({"config_dir": "/srv/agent/state/etc"}));
         assert!(MySqlDriver::new(s).is_err());

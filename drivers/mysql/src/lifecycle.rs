@@ -228,8 +228,11 @@ pub(crate) fn parse_version_output(text: &str) -> Result<ServerVersion> {
 /// `password` is generated (letters and digits), so the literal holds no escapes.
 fn bootstrap_sql(password: &Password, mysql_root_password: Option<&Password>) -> Result<String> {
     let admin = account(ADMIN_USER, "localhost")?;
+    // Bootstrap runs without the grant tables loaded; FLUSH PRIVILEGES loads them so that
+    // account statements work.
     let mut sql = format!(
-        "CREATE USER {admin} IDENTIFIED BY {};\n\
+        "FLUSH PRIVILEGES;\n\
+         CREATE USER {admin} IDENTIFIED BY {};\n\
          GRANT ALL PRIVILEGES ON *.* TO {admin} WITH GRANT OPTION;\n",
         quote_string(password.expose())?
     );
@@ -429,6 +432,7 @@ impl MySqlDriver {
             flavor: server.flavor,
             run_as_root: self.runs_as_root(),
             data_dir: &self.data_dir,
+            tmp_dir: &self.tmp_dir,
             socket: &self.connector.socket,
             pid_file: &self.pid_file(),
             bind: self.bind_address,
@@ -514,6 +518,10 @@ impl MySqlDriver {
     /// Starts the server through the runtime and waits until it answers.
     pub(crate) async fn start_server(&self, ctx: &OpContext) -> Result<()> {
         self.connector.forget_version();
+        // The server refuses to start without its tmpdir; recreate it if it was cleaned away.
+        if !self.tmp_dir.exists() {
+            ensure_dir(&self.tmp_dir, 0o700, self.owner()?.as_ref())?;
+        }
         self.runtime.start(&self.server_spec()?).await?;
         self.wait_ready(ctx).await
     }
@@ -570,6 +578,7 @@ impl Lifecycle for MySqlDriver {
 
         ensure_dir(&self.data_dir, 0o750, owner.as_ref())?;
         ensure_dir(&self.run_dir, 0o755, owner.as_ref())?;
+        ensure_dir(&self.tmp_dir, 0o700, owner.as_ref())?;
         if let Some(o) = &owner {
             check_traversable(&self.data_dir, o)?;
             check_traversable(&self.run_dir, o)?;
@@ -690,7 +699,8 @@ mod tests {
         let sql = bootstrap_sql(&pw, None).unwrap();
         assert_eq!(
             sql,
-            "CREATE USER `os_admin`@`localhost` IDENTIFIED BY 'Abc123';\n\
+            "FLUSH PRIVILEGES;\n\
+             CREATE USER `os_admin`@`localhost` IDENTIFIED BY 'Abc123';\n\
              GRANT ALL PRIVILEGES ON *.* TO `os_admin`@`localhost` WITH GRANT OPTION;\n"
         );
         let root = Password::new("Root1").unwrap();
