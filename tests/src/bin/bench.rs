@@ -71,6 +71,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `x` rounded to 3 decimals, for a readable results file.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// The value at quantile `q` (0..=1) of sorted `v`, nearest-rank.
 fn quantile(v: &[Duration], q_percent: usize) -> Duration {
     let rank = (v.len() * q_percent).div_ceil(100).max(1);
@@ -191,46 +196,46 @@ async fn main() -> Result<()> {
     println!();
     println!("guest-agent benchmark ({})", args.agent.display());
     println!(
-        "{:<34} {:>12} {:>12} {:>8}",
+        "{:<46} {:>12} {:>12} {:>8}",
         "measure", "value", "target", ""
     );
-    println!("{}", "-".repeat(70));
+    println!("{}", "-".repeat(82));
     println!(
-        "{:<34} {:>9.1} ms {:>9} ms {:>8}",
-        format!("ready (spawn -> HTTPS /healthz, median of {})", args.starts),
+        "{:<46} {:>9.1} ms {:>9} ms {:>8}",
+        format!("ready: spawn to HTTPS /healthz (median of {})", args.starts),
         ms(ready),
         format!("< {TARGET_READY_MS:.0}"),
         verdict(ms(ready) < TARGET_READY_MS)
     );
     println!(
-        "{:<34} {:>8.2} MiB {:>8} MiB {:>8}",
+        "{:<46} {:>8.2} MiB {:>8} MiB {:>8}",
         "idle RSS (after 2 s idle)",
         idle_mib,
         format!("< {TARGET_RSS_MIB:.0}"),
         verdict(idle_mib < TARGET_RSS_MIB)
     );
     println!(
-        "{:<34} {:>9.3} ms {:>12}",
+        "{:<46} {:>9.3} ms {:>12}",
         format!("rpc_ping p50 ({} calls)", args.calls),
         ms(p50),
         ""
     );
     println!(
-        "{:<34} {:>9.3} ms {:>9} ms {:>8}",
+        "{:<46} {:>9.3} ms {:>9} ms {:>8}",
         "rpc_ping p99",
         ms(p99),
         format!("< {TARGET_P99_MS:.0}"),
         verdict(ms(p99) < TARGET_P99_MS)
     );
-    println!("{:<34} {:>9.3} ms", "rpc_ping max", ms(max));
+    println!("{:<46} {:>9.3} ms", "rpc_ping max", ms(max));
     println!(
-        "{:<34} {:>9.0} /s",
+        "{:<46} {:>9.0} /s",
         "rpc_ping throughput (sequential)", rate
     );
     #[allow(clippy::cast_precision_loss)]
     let rss_after_mib = rss_after as f64 / 1024.0;
     println!(
-        "{:<34} {:>8.2} MiB",
+        "{:<46} {:>8.2} MiB",
         "RSS after the latency run", rss_after_mib
     );
     println!(
@@ -255,24 +260,24 @@ async fn main() -> Result<()> {
         "agent": args.agent.display().to_string(),
         "setup": "release build, unprepared agent, HTTPS with mutual TLS on 127.0.0.1, one keep-alive connection",
         "ready_ms": {
-            "median": ms(ready),
-            "runs": startups.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "median": r3(ms(ready)),
+            "runs": startups.iter().map(|d| r3(ms(*d))).collect::<Vec<_>>(),
             "target_lt": TARGET_READY_MS,
             "met": ms(ready) < TARGET_READY_MS,
         },
         "idle_rss": {
             "kib": idle_rss,
-            "mib": idle_mib,
+            "mib": r3(idle_mib),
             "after_latency_run_kib": rss_after,
             "target_lt_mib": TARGET_RSS_MIB,
             "met": idle_mib < TARGET_RSS_MIB,
         },
         "rpc_ping": {
             "calls": args.calls,
-            "p50_ms": ms(p50),
-            "p99_ms": ms(p99),
-            "max_ms": ms(max),
-            "calls_per_sec": rate,
+            "p50_ms": r3(ms(p50)),
+            "p99_ms": r3(ms(p99)),
+            "max_ms": r3(ms(max)),
+            "calls_per_sec": rate.round(),
             "target_p99_lt_ms": TARGET_P99_MS,
             "met": ms(p99) < TARGET_P99_MS,
         },
