@@ -203,7 +203,7 @@ fn capabilities() -> Capabilities {
     c.root = true;
     c.config = true;
     c.replication = true;
-    c.backup = false;
+    c.backup = true;
     c
 }
 
@@ -425,7 +425,7 @@ impl Driver for MySqlDriver {
     }
 
     fn backup(&self) -> Option<&dyn BackupHooks> {
-        None
+        Some(self)
     }
 }
 
@@ -512,9 +512,8 @@ mod tests {
         let d = MySqlDriver::new(settings(serde_json::Value::Null)).unwrap();
         let c = d.info().capabilities;
         assert!(c.databases && c.database_charset && c.users && c.user_hosts);
-        assert!(c.user_rename && c.grants && c.root && c.config && c.replication);
-        assert!(!c.backup);
-        assert!(d.replication().is_some() && d.backup().is_none());
+        assert!(c.user_rename && c.grants && c.root && c.config && c.replication && c.backup);
+        assert!(d.replication().is_some() && d.backup().is_some());
         assert_eq!(d.info().managers, ["mysql", "mariadb"]);
     }
 

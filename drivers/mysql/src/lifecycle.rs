@@ -277,6 +277,11 @@ impl MySqlDriver {
         }
     }
 
+    /// Owner (uid, gid) for files the server must own, when the agent runs as root.
+    pub(crate) fn file_owner(&self) -> Result<Option<(u32, u32)>> {
+        Ok(self.owner()?.map(|o| (o.uid.as_raw(), o.gid.as_raw())))
+    }
+
     /// Whether the server will run as root (then `my.cnf` must say `user = root`).
     fn runs_as_root(&self) -> bool {
         nix::unistd::geteuid().is_root() && self.os_user.as_deref().is_none_or(|u| u == "root")

@@ -73,7 +73,7 @@ impl ReplicaStatus {
 }
 
 /// The first of `names` the row has, as text (`None` for NULL or a missing column).
-fn column(row: &Row, names: &[&str]) -> Option<String> {
+pub(crate) fn column(row: &Row, names: &[&str]) -> Option<String> {
     for name in names {
         let Some(idx) = row.columns_ref().iter().position(|c| c.name_str() == *name) else {
             continue;

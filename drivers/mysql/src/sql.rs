@@ -217,6 +217,15 @@ impl ServerVersion {
         }
     }
 
+    /// The current binary log file and position (`File`, `Position` first).
+    pub fn binlog_status_sql(&self) -> &'static str {
+        if !self.is_mariadb() && self.version >= (8, 4, 0) {
+            "SHOW BINARY LOG STATUS"
+        } else {
+            "SHOW MASTER STATUS"
+        }
+    }
+
     /// Waits for a GTID set with a timeout in seconds (both bound); returns 0 when reached.
     pub fn wait_sql(&self) -> &'static str {
         if self.is_mariadb() {
@@ -593,6 +602,9 @@ mod tests {
         assert!(my.wait_sql().contains("WAIT_FOR_EXECUTED_GTID_SET"));
         let my57 = ServerVersion::parse("5.7.44-log", "MySQL Community Server (GPL)").unwrap();
         assert_eq!(my57.stop_replica_sql(), "STOP SLAVE");
+        assert_eq!(m.binlog_status_sql(), "SHOW MASTER STATUS");
+        let my84 = ServerVersion::parse("8.4.0", "").unwrap();
+        assert_eq!(my84.binlog_status_sql(), "SHOW BINARY LOG STATUS");
         assert!(!my57.uses_source_syntax() && my.uses_source_syntax());
     }
 
