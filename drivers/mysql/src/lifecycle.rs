@@ -247,6 +247,11 @@ fn bootstrap_sql(password: &Password, mysql_root_password: Option<&Password>) ->
     Ok(sql)
 }
 
+/// `text` with every occurrence of the secret replaced.
+fn redact(text: &str, secret: &Password) -> String {
+    text.replace(secret.expose(), "<redacted>")
+}
+
 /// A random `server_id` in 1..=4294967295.
 fn random_server_id() -> Result<u32> {
     let r =
@@ -421,8 +426,20 @@ impl MySqlDriver {
         tracing::info!(data_dir = %self.data_dir.display(), server = %server, "Initialising the data directory.");
         // Not raced against cancellation: killing the tool half-way would leave a half-built
         // data directory that a later prepare refuses.
-        self.run_tool(&cmd).await?;
-        Ok(())
+        match self.run_tool(&cmd).await {
+            Ok(_) => Ok(()),
+            // The installer may quote the bootstrap SQL in its errors.
+            Err(Error::Tool {
+                program,
+                exit,
+                stderr_tail,
+            }) => Err(Error::Tool {
+                program,
+                exit,
+                stderr_tail: redact(&stderr_tail, password),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `my.cnf` and creates `conf.d/`.
@@ -712,6 +729,10 @@ mod tests {
         let sql = bootstrap_sql(&pw, Some(&root)).unwrap();
         assert!(sql.ends_with("ALTER USER `root`@`localhost` IDENTIFIED BY 'Root1';\n"));
         assert_ne!(random_server_id().unwrap(), 0);
+        assert_eq!(
+            redact("near 'Abc123'; at line 2", &pw),
+            "near '<redacted>'; at line 2"
+        );
     }
 
     #[test]
