@@ -199,12 +199,14 @@ forward() {
 trap forward INT TERM
 
 rc=0
-while alive "$agent_pid"; do
-    wait "$agent_pid" && rc=0 || rc=$?
-    # `wait` returns early (>128) when a trapped signal arrives; loop until the agent exits.
-    if ! kill -0 "$agent_pid" 2>/dev/null; then
-        break
+while :; do
+    if wait "$agent_pid"; then rc=0; else rc=$?; fi
+    # A trapped signal interrupts `wait` (status > 128) while the agent is still running (or
+    # not yet reaped): wait again for its own exit status.
+    if ((rc > 128)) && kill -0 "$agent_pid" 2>/dev/null; then
+        continue
     fi
+    break
 done
 if [[ -n $helper_pid ]]; then
     kill "$helper_pid" 2>/dev/null || true
