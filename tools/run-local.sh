@@ -193,7 +193,9 @@ setsid "$bin" run --config "$conf" &
 agent_pid=$!
 printf '%s\n' "$agent_pid" >"$agent_pidfile"
 
+signalled=no
 forward() {
+    signalled=yes
     kill -TERM "$agent_pid" 2>/dev/null || true
 }
 trap forward INT TERM
@@ -201,9 +203,10 @@ trap forward INT TERM
 rc=0
 while :; do
     if wait "$agent_pid"; then rc=0; else rc=$?; fi
-    # A trapped signal interrupts `wait` (status > 128) while the agent is still running (or
-    # not yet reaped): wait again for its own exit status.
-    if ((rc > 128)) && kill -0 "$agent_pid" 2>/dev/null; then
+    # A trapped signal makes `wait` return early (status > 128); wait again for the agent's
+    # own exit status (bash keeps it even if the agent was reaped meanwhile).
+    if [[ $signalled == yes ]] && ((rc > 128)); then
+        signalled=no
         continue
     fi
     break
