@@ -80,6 +80,7 @@ impl Health for MySqlDriver {
                 lag_seconds: r.seconds_behind.map(|s| s as f64),
                 receiver_state: Some(format!("io={} sql={}", r.io_running, r.sql_running)),
                 last_error: r.last_error(),
+                ..ReplicationHealth::default()
             },
             None => ReplicationHealth {
                 role: if read_only != 0 {

@@ -436,3 +436,45 @@ async fn restore_from_a_physical_backup_brings_the_data_back() {
         .expect("binlog info in the backup");
     assert!(info.contains(&gtid), "{info} vs {gtid}");
 }
+
+/// As root with an unprivileged OS user (Debian's `mysql`, created by mariadb-server), the
+/// server and the installer run as that user and own the data; as another user, the server
+/// runs as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_as_the_os_user() {
+    use std::os::unix::fs::MetadataExt;
+
+    let root = nix::unistd::geteuid().is_root();
+    let os_user = root.then(|| "mysql".to_owned());
+    let expected = match &os_user {
+        Some(name) => nix::unistd::User::from_name(name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("OS user {name} missing: run tools/setup.sh"))
+            .uid
+            .as_raw(),
+        None => nix::unistd::geteuid().as_raw(),
+    };
+    // The temporary directory is 0700; the OS user must traverse it.
+    let inst = Instance::unprepared_as(os_user);
+    std::fs::set_permissions(&inst.base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inst = inst.prepared().await;
+    let data = inst.base.join("data");
+    assert_eq!(
+        std::fs::metadata(data.join("mysql")).unwrap().uid(),
+        expected
+    );
+    let pid: u32 = std::fs::read_to_string(inst.pid_file())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().nth(1) == Some(expected.to_string().as_str()),
+        "{uid_line}"
+    );
+    assert!(inst.probe().write_something().await.is_ok());
+    let cnf = std::fs::read_to_string(inst.base.join("conf").join("my.cnf")).unwrap();
+    assert!(!cnf.contains("user = root"), "{cnf}");
+}

@@ -63,6 +63,13 @@ impl std::fmt::Debug for Instance {
 impl Instance {
     /// Builds the driver over a fresh temporary directory without preparing it.
     pub fn unprepared() -> Self {
+        // As root, run the server as root: the `user = root` path of my.cnf.
+        let os_user = nix::unistd::geteuid().is_root().then(|| "root".to_owned());
+        Self::unprepared_as(os_user)
+    }
+
+    /// Like [`Instance::unprepared`], with the server run as `os_user`.
+    pub fn unprepared_as(os_user: Option<String>) -> Self {
         require_mariadb();
         let dir = tempfile::Builder::new()
             .prefix("ga-mysql-")
@@ -78,10 +85,7 @@ impl Instance {
             port,
             Arc::new(ProcessRuntime::new()),
         );
-        // As root, run the server as root: the `user = root` path of my.cnf.
-        if nix::unistd::geteuid().is_root() {
-            settings.os_user = Some("root".to_owned());
-        }
+        settings.os_user = os_user;
         let driver = Arc::new(MySqlDriver::new(settings).expect("driver settings"));
         Self {
             driver,
@@ -93,7 +97,12 @@ impl Instance {
 
     /// A fresh, prepared, running server.
     pub async fn start() -> Self {
-        let inst = Self::unprepared();
+        Self::unprepared().prepared().await
+    }
+
+    /// Prepares this instance through the driver.
+    pub async fn prepared(self) -> Self {
+        let inst = self;
         let spec = PrepareSpec {
             memory_mb: Some(256),
             ..PrepareSpec::default()
