@@ -62,6 +62,7 @@ pub fn registry() -> Registry {
     // Registering two fixed factories cannot collide; a collision would be a build-time bug
     // caught by the registry test below.
     let _ = r.register(guest_agent_postgres::factory());
+    let _ = r.register(guest_agent_mysql::factory());
     r
 }
 
@@ -278,8 +279,8 @@ mod tests {
     #[test]
     fn registry_lists_shipped_managers() {
         let r = registry();
-        assert_eq!(r.managers(), ["postgresql"]);
+        assert_eq!(r.managers(), ["mariadb", "mysql", "postgresql"]);
         let e = r.get("redis").unwrap_err().to_string();
-        assert!(e.contains("known: postgresql"), "{e}");
+        assert!(e.contains("known: mariadb, mysql, postgresql"), "{e}");
     }
 }
