@@ -19,6 +19,10 @@ pub struct ReplicationHealth {
     pub receiver_state: Option<String>,
     /// Last replication error text.
     pub last_error: Option<String>,
+    /// What a replica has received from its source (PostgreSQL: the receive LSN).
+    pub received: Option<Position>,
+    /// What a replica has applied (PostgreSQL: the replay LSN).
+    pub applied: Option<Position>,
 }
 
 /// Disk use of the data directory's file system.

@@ -85,6 +85,17 @@ pub trait Replication: Send + Sync {
 
     /// This server's own view of its position, read for choosing a promotion candidate.
     async fn node_position(&self, ctx: &OpContext) -> Result<NodePosition>;
+
+    /// On a source: releases what it keeps for the replica `replica_id` (named at
+    /// [`Replication::snapshot_for_replica`]) once that replica is gone, such as a
+    /// PostgreSQL replication slot that would otherwise retain WAL forever.
+    ///
+    /// # Contract
+    /// Idempotent; the default has nothing to release.
+    async fn forget_replica(&self, ctx: &OpContext, replica_id: &str) -> Result<()> {
+        let _ = (ctx, replica_id);
+        Ok(())
+    }
 }
 
 /// What `detach` did.

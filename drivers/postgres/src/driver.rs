@@ -20,14 +20,14 @@ use guest_agent_api::{Capabilities, Driver, DriverInfo, DriverSettings, Error, R
 use serde::Deserialize;
 
 use crate::sql::{AdminSession, Connector};
-use crate::{ADMIN_USER, DRIVER_NAME, MANAGERS, ROOT_USER};
+use crate::{ADMIN_USER, DRIVER_NAME, MANAGERS, REPLICATION_USER, ROOT_USER};
 
 /// Where distributions install PostgreSQL's server binaries, one directory per major version.
 const PG_LIB_DIR: &str = "/usr/lib/postgresql";
 /// Name of the server's log file in the run directory.
 pub(crate) const LOG_FILE: &str = "postgres.log";
 /// Roles never shown to or changed by Trove's user operations.
-const RESERVED_USERS: &[&str] = &[ADMIN_USER, ROOT_USER, "os_admin"];
+const RESERVED_USERS: &[&str] = &[ADMIN_USER, ROOT_USER, REPLICATION_USER, "os_admin"];
 /// Databases never shown to or changed by Trove's database operations.
 const RESERVED_DBS: &[&str] = &["postgres", "template0", "template1", "os_admin"];
 
@@ -50,6 +50,10 @@ pub struct PgOptions {
     pub ignore_users: Vec<String>,
     /// Further databases hidden from Trove's database operations.
     pub ignore_dbs: Vec<String>,
+    /// Host or address replicas connect to (default: the bind address).
+    pub advertise_host: Option<String>,
+    /// Seconds `pg_basebackup` may take to seed a replica.
+    pub basebackup_timeout_secs: u64,
 }
 
 impl Default for PgOptions {
@@ -62,6 +66,8 @@ impl Default for PgOptions {
             lock_timeout_secs: 30,
             ignore_users: Vec::new(),
             ignore_dbs: Vec::new(),
+            advertise_host: None,
+            basebackup_timeout_secs: 6 * 3600,
         }
     }
 }
@@ -83,6 +89,7 @@ impl PgOptions {
             ("connect_timeout_secs", opts.connect_timeout_secs),
             ("statement_timeout_secs", opts.statement_timeout_secs),
             ("lock_timeout_secs", opts.lock_timeout_secs),
+            ("basebackup_timeout_secs", opts.basebackup_timeout_secs),
         ] {
             if !(1..=86_400).contains(&v) {
                 return Err(Error::InvalidConfig {
@@ -90,6 +97,14 @@ impl PgOptions {
                     reason: "must be 1 to 86400 seconds".to_owned(),
                 });
             }
+        }
+        if let Some(h) = &opts.advertise_host
+            && (h.is_empty() || h.len() > 255 || h.chars().any(|c| c.is_control() || c == ' '))
+        {
+            return Err(Error::InvalidConfig {
+                key: "datastore.options.advertise_host".to_owned(),
+                reason: "must be a host name or address".to_owned(),
+            });
         }
         Ok(opts)
     }
@@ -141,8 +156,8 @@ fn capabilities() -> Capabilities {
     c.user_rename = true;
     c.grants = true;
     c.root = true;
-    c.config = false;
-    c.replication = false;
+    c.config = true;
+    c.replication = true;
     c.backup = false;
     c
 }
@@ -327,7 +342,7 @@ impl Driver for PgDriver {
     }
 
     fn replication(&self) -> Option<&dyn Replication> {
-        None
+        Some(self)
     }
 
     fn backup(&self) -> Option<&dyn BackupHooks> {
@@ -396,8 +411,9 @@ mod tests {
         let d = PgDriver::new(settings(serde_json::Value::Null)).unwrap();
         let c = d.info().capabilities;
         assert!(c.databases && c.users && c.grants && c.root && c.user_rename);
-        assert!(!c.user_hosts && !c.config && !c.replication && !c.backup);
-        assert!(d.replication().is_none() && d.backup().is_none());
+        assert!(c.config && c.replication);
+        assert!(!c.user_hosts && !c.backup);
+        assert!(d.replication().is_some() && d.backup().is_none());
         assert_eq!(d.info().managers, ["postgresql"]);
     }
 

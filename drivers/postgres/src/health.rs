@@ -12,13 +12,22 @@ use guest_agent_api::{Error, OpContext, Result};
 use crate::PgDriver;
 use crate::error::stmt;
 use crate::position::{POSITION_SQL, parse_position};
+use crate::replication::lsn_of;
 
-/// Everything `details` reads, in one round trip.
+/// Everything `details` reads, in one round trip. On a replica: the receive and replay
+/// LSNs, the primary's end of WAL as the walreceiver last heard it, its state, and the time
+/// lag (zero when everything received is replayed, since no new commit is waiting then).
 const DETAILS_SQL: &str = "SELECT current_setting('server_version'), \
      EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time()))::bigint, \
      (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
      current_setting('max_connections')::bigint, \
-     pg_is_in_recovery()";
+     pg_is_in_recovery(), \
+     pg_last_wal_receive_lsn()::text, \
+     pg_last_wal_replay_lsn()::text, \
+     (SELECT latest_end_lsn::text FROM pg_stat_wal_receiver), \
+     (SELECT status FROM pg_stat_wal_receiver), \
+     CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() \
+       THEN 0 ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END::float8";
 
 /// Bytes in the files under `dir` (one level of subdirectories, as `pg_wal` has), 0 when it
 /// does not exist yet.
@@ -93,6 +102,31 @@ impl Health for PgDriver {
         let connections: i64 = row.try_get(2).map_err(stmt(None))?;
         let max_connections: i64 = row.try_get(3).map_err(stmt(None))?;
         let in_recovery: bool = row.try_get(4).map_err(stmt(None))?;
+        let received: Option<String> = row.try_get(5).map_err(stmt(None))?;
+        let replayed: Option<String> = row.try_get(6).map_err(stmt(None))?;
+        let source_end: Option<String> = row.try_get(7).map_err(stmt(None))?;
+        let receiver: Option<String> = row.try_get(8).map_err(stmt(None))?;
+        let lag_seconds: Option<f64> = row.try_get(9).map_err(stmt(None))?;
+        let replication = if in_recovery {
+            let received = lsn_of(received.as_deref());
+            let replayed = lsn_of(replayed.as_deref());
+            // Behind what the source last reported, or at least behind what arrived here.
+            let ahead = received.max(lsn_of(source_end.as_deref()));
+            ReplicationHealth {
+                role: "replica".to_owned(),
+                lag_bytes: ahead.zip(replayed).map(|(a, r)| a.bytes_since(r)),
+                lag_seconds: lag_seconds.map(|s| s.max(0.0)),
+                receiver_state: Some(receiver.unwrap_or_else(|| "stopped".to_owned())),
+                last_error: None,
+                received: received.map(Position::Lsn),
+                applied: replayed.map(Position::Lsn),
+            }
+        } else {
+            ReplicationHealth {
+                role: "primary".to_owned(),
+                ..ReplicationHealth::default()
+            }
+        };
         let data_dir = self.data_dir.clone();
         let disk = tokio::task::spawn_blocking(move || disk_usage(&data_dir))
             .await
@@ -103,10 +137,7 @@ impl Health for PgDriver {
             uptime_seconds: u64::try_from(uptime).ok(),
             connections: u64::try_from(connections).ok(),
             max_connections: u64::try_from(max_connections).ok(),
-            replication: Some(ReplicationHealth {
-                role: if in_recovery { "replica" } else { "primary" }.to_owned(),
-                ..ReplicationHealth::default()
-            }),
+            replication: Some(replication),
             disk,
         })
     }
@@ -135,7 +166,7 @@ impl Health for PgDriver {
         .map_err(|e| Error::Internal(format!("sizing the WAL directory: {e}")))??;
         let mut m = serde_json::Map::new();
         m.insert("wal_size".to_owned(), wal_size.into());
-        // No WAL archiving until backups and replication arrive.
+        // No WAL archiving (replicas stream through slots).
         m.insert("wal_archive_size".to_owned(), 0u64.into());
         Ok(m)
     }

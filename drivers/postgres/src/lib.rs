@@ -24,6 +24,8 @@ mod error;
 mod health;
 mod lifecycle;
 mod position;
+mod replication;
+mod rules;
 pub mod sql;
 
 use std::sync::Arc;
@@ -51,6 +53,21 @@ pub const ADMIN_PASSWORD_FILE: &str = "postgres-admin.password";
 /// Name of the managed configuration file the driver writes into the data directory and
 /// includes from `postgresql.conf`.
 pub const MANAGED_CONF_FILE: &str = "guest-agent.conf";
+
+/// The tunables of the control plane's base configuration, included by [`MANAGED_CONF_FILE`].
+pub const BASE_CONF_FILE: &str = "guest-agent-base.conf";
+
+/// The managed override set of a configuration group, included after [`BASE_CONF_FILE`].
+pub const OVERRIDES_CONF_FILE: &str = "guest-agent-overrides.conf";
+
+/// Settings of the replication role (replica connection, read-only primary), included last.
+pub const ROLE_CONF_FILE: &str = "guest-agent-role.conf";
+
+/// The role replicas connect as (and `pg_rewind` reads the source with).
+pub const REPLICATION_USER: &str = "replicator";
+
+/// File in the state directory holding the replication role's password (mode 0600).
+pub const REPLICATION_PASSWORD_FILE: &str = "postgres-replication.password";
 
 /// The factory the agent registers: builds a [`PgDriver`] without connecting.
 pub fn factory() -> DriverFactory {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use guest_agent_api::admin::Admin;
+use guest_agent_api::config::{ConfigApply, ValidatedOverrides};
 use guest_agent_api::ident::Password;
 use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
 use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
@@ -24,10 +25,10 @@ use guest_agent_api::{Error, OpContext, Result};
 use nix::unistd::{Gid, Uid, User};
 use tokio::time::Instant;
 
-use crate::config::{ManagedConf, include_line, render_hba};
+use crate::config::{ManagedConf, include_line, render_hba, render_ident};
 use crate::driver::LOG_FILE;
 use crate::sql::Connector;
-use crate::{ADMIN_USER, DRIVER_NAME, MANAGED_CONF_FILE, PgDriver};
+use crate::{ADMIN_USER, MANAGED_CONF_FILE, PgDriver, REPLICATION_USER};
 
 /// Length of the generated administrative password.
 const ADMIN_PASSWORD_LEN: usize = 40;
@@ -44,14 +45,14 @@ const INITDB_PWFILE: &str = ".initdb-password";
 
 /// The OS account files are handed to when the agent runs as root.
 #[derive(Debug, Clone)]
-struct Owner {
-    name: String,
-    uid: Uid,
-    gid: Gid,
+pub(crate) struct Owner {
+    pub(crate) name: String,
+    pub(crate) uid: Uid,
+    pub(crate) gid: Gid,
 }
 
 /// Removes a file when dropped, whatever path the code took.
-struct RemoveOnDrop(PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -63,14 +64,14 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let context = format!("{what} {}", path.display());
     move |e| Error::io(context, e)
 }
 
 /// Hands a directory to `owner`. Only for directories whose parents the agent controls; files
 /// inside the OS user's directories go through [`write_file`], which works on descriptors.
-fn chown_dir(path: &Path, owner: Option<&Owner>) -> Result<()> {
+pub(crate) fn chown_dir(path: &Path, owner: Option<&Owner>) -> Result<()> {
     if let Some(o) = owner {
         nix::unistd::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| {
             Error::io(
@@ -83,7 +84,7 @@ fn chown_dir(path: &Path, owner: Option<&Owner>) -> Result<()> {
 }
 
 /// Creates `path` (and missing parents) and sets its mode and owner.
-fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
+pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
     fs::create_dir_all(path).map_err(io_err("creating", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", path))?;
@@ -93,13 +94,18 @@ fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
 /// Opening flags that refuse a symbolic link in the last path component: the directories
 /// written to as root may belong to the server's OS user, who must not be able to redirect
 /// the agent's writes (or reads) elsewhere.
-fn no_follow() -> i32 {
+pub(crate) fn no_follow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, with `mode` and owner.
 /// Mode and owner are set on the open descriptor, never through the (replaceable) path.
-fn write_file(path: &Path, contents: &[u8], mode: u32, owner: Option<&Owner>) -> Result<()> {
+pub(crate) fn write_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<&Owner>,
+) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -169,7 +175,7 @@ fn check_traversable(dir: &Path, owner: &Owner) -> Result<()> {
 }
 
 /// The last lines of the server log, for an error message.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let read = || -> std::io::Result<String> {
         let mut f = OpenOptions::new()
             .read(true)
@@ -205,7 +211,7 @@ fn pid_alive(pid: i32) -> bool {
 
 impl PgDriver {
     /// The OS account to hand files to: the configured user when the agent runs as root.
-    fn owner(&self) -> Result<Option<Owner>> {
+    pub(crate) fn owner(&self) -> Result<Option<Owner>> {
         let Some(name) = self.os_user.as_deref() else {
             return Ok(None);
         };
@@ -227,7 +233,7 @@ impl PgDriver {
     }
 
     /// Whether the data directory holds a cluster.
-    fn is_initialised(&self) -> Result<bool> {
+    pub(crate) fn is_initialised(&self) -> Result<bool> {
         let marker = self.data_dir.join("PG_VERSION");
         marker.try_exists().map_err(io_err("inspecting", &marker))
     }
@@ -261,7 +267,7 @@ impl PgDriver {
         }
     }
 
-    fn require_initialised(&self, operation: &'static str) -> Result<()> {
+    pub(crate) fn require_initialised(&self, operation: &'static str) -> Result<()> {
         if self.is_initialised()? {
             Ok(())
         } else {
@@ -334,9 +340,14 @@ impl PgDriver {
         Ok(())
     }
 
-    /// Writes the managed include file, hooks it into `postgresql.conf` and replaces
-    /// `pg_hba.conf`.
-    fn write_config(&self, spec: &PrepareSpec, owner: Option<&Owner>) -> Result<()> {
+    /// Writes the managed include file (and the overrides, when there are any), hooks it into
+    /// `postgresql.conf` and replaces `pg_hba.conf` and `pg_ident.conf`.
+    fn write_config(
+        &self,
+        spec: &PrepareSpec,
+        overrides: Option<&ValidatedOverrides>,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         let managed = ManagedConf {
             listen: self.bind_address,
             port: self.port,
@@ -350,12 +361,10 @@ impl PgDriver {
             0o600,
             owner,
         )?;
-        write_file(
-            &self.data_dir.join("pg_hba.conf"),
-            render_hba().as_bytes(),
-            0o600,
-            owner,
-        )?;
+        if let Some(o) = overrides {
+            self.write_overrides(&o.values)?;
+        }
+        self.write_access_files(owner)?;
         let main = self.data_dir.join("postgresql.conf");
         let mut f = OpenOptions::new()
             .append(true)
@@ -365,6 +374,31 @@ impl PgDriver {
         f.write_all(include_line().as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(io_err("appending to", &main))
+    }
+
+    /// Writes `pg_hba.conf` and `pg_ident.conf` (the agent's OS account may log in as the
+    /// admin role over the socket).
+    pub(crate) fn write_access_files(&self, owner: Option<&Owner>) -> Result<()> {
+        let me = User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .ok_or_else(|| Error::InvalidState {
+                operation: "write pg_ident.conf",
+                reason: "the agent's OS account has no name".to_owned(),
+            })?;
+        write_file(
+            &self.data_dir.join("pg_hba.conf"),
+            render_hba(REPLICATION_USER).as_bytes(),
+            0o600,
+            owner,
+        )?;
+        write_file(
+            &self.data_dir.join("pg_ident.conf"),
+            render_ident(&me)?.as_bytes(),
+            0o600,
+            owner,
+        )
     }
 
     /// Runs `SELECT 1` on the administrative session, dropping the session when it fails.
@@ -390,9 +424,17 @@ impl PgDriver {
         result
     }
 
+    /// `RestartRequired` while a configuration change waits for a restart, else `Healthy`.
+    async fn healthy_or_restart_required(&self) -> DatastoreStatus {
+        match tokio::time::timeout(PING_TIMEOUT, self.pending_restart()).await {
+            Ok(Ok(pending)) if !pending.is_empty() => DatastoreStatus::RestartRequired,
+            _ => DatastoreStatus::Healthy,
+        }
+    }
+
     /// Waits until the server accepts sessions, it exits, the start timeout (or the caller's
     /// deadline) passes or the operation is cancelled.
-    async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
+    pub(crate) async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
         // The start timeout, cut short when the caller stops waiting earlier.
         let timeout = ctx
             .remaining()
@@ -430,7 +472,7 @@ impl PgDriver {
 
     /// Makes the runtime track a server that runs from an earlier agent (its pid file names a
     /// live process), so that it can be stopped.
-    async fn adopt_running(&self) -> Result<()> {
+    pub(crate) async fn adopt_running(&self) -> Result<()> {
         if matches!(self.runtime.state().await, ServerState::Running { .. }) {
             return Ok(());
         }
@@ -445,7 +487,7 @@ impl PgDriver {
     }
 
     /// Starts the server through the runtime and waits until it answers.
-    async fn start_server(&self, ctx: &OpContext) -> Result<()> {
+    pub(crate) async fn start_server(&self, ctx: &OpContext) -> Result<()> {
         self.session.reset().await;
         self.runtime.start(&self.server_spec()?).await?;
         self.wait_ready(ctx).await
@@ -455,12 +497,11 @@ impl PgDriver {
 #[async_trait]
 impl Lifecycle for PgDriver {
     async fn prepare(&self, ctx: &OpContext, spec: &PrepareSpec) -> Result<()> {
-        if spec.overrides.as_ref().is_some_and(|o| !o.is_empty()) {
-            return Err(Error::NotSupported {
-                operation: "apply_overrides",
-                driver: DRIVER_NAME,
-            });
-        }
+        // Overrides are checked before anything is created.
+        let overrides = match &spec.overrides {
+            Some(o) if !o.is_empty() => Some(self.validate(o)?),
+            _ => None,
+        };
         ctx.cancelled()?;
         self.check_fresh_data_dir()?;
         // Both binaries are looked up before anything is created.
@@ -482,7 +523,7 @@ impl Lifecycle for PgDriver {
         let password = Password::generate(ADMIN_PASSWORD_LEN)?;
         self.store_admin_password(&password)?;
         self.run_initdb(&password, owner.as_ref()).await?;
-        self.write_config(spec, owner.as_ref())?;
+        self.write_config(spec, overrides.as_ref(), owner.as_ref())?;
         ctx.cancelled()?;
 
         tracing::info!(port = self.port, "Starting PostgreSQL for the first time.");
@@ -531,7 +572,7 @@ impl Lifecycle for PgDriver {
         match self.runtime.state().await {
             ServerState::Running { .. } => {
                 if self.ping().await.is_ok() {
-                    DatastoreStatus::Healthy
+                    self.healthy_or_restart_required().await
                 } else {
                     DatastoreStatus::Running
                 }
@@ -540,7 +581,7 @@ impl Lifecycle for PgDriver {
             // it; if it answers, it is healthy all the same.
             ServerState::NotStarted => {
                 if self.ping().await.is_ok() {
-                    DatastoreStatus::Healthy
+                    self.healthy_or_restart_required().await
                 } else {
                     DatastoreStatus::Shutdown
                 }

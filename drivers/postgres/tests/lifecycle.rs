@@ -134,22 +134,17 @@ async fn prepare_refuses_a_non_empty_data_dir_and_overrides_touching_nothing() {
     let (driver, guard) = unprepared(serde_json::Value::Null);
     let l = guard.layout().clone();
 
-    // Overrides are refused before anything is created.
+    // Invalid overrides are refused before anything is created.
     let mut overrides = Overrides::new();
     overrides.insert("max_connections".into(), 50.into());
+    overrides.insert("work_mem".into(), "a lot".into());
     let spec = PrepareSpec {
         overrides: Some(overrides),
         ..small_spec()
     };
     let e = driver.prepare(&ctx("prepare"), &spec).await.unwrap_err();
     assert!(
-        matches!(
-            e,
-            Error::NotSupported {
-                operation: "apply_overrides",
-                driver: "postgresql"
-            }
-        ),
+        matches!(&e, Error::InvalidConfig { key, .. } if key == "work_mem"),
         "{e}"
     );
     for p in [&l.data_dir, &l.run_dir, &l.state_dir] {
