@@ -371,8 +371,11 @@ impl PgDriver {
         let path = file.display().to_string();
         let row = client
             .query_opt(
+                // A changed restart-only parameter is reported as "could not be applied":
+                // that is the pending restart, not an error.
                 "SELECT coalesce(name, ''), error FROM pg_file_settings \
-                 WHERE error IS NOT NULL AND sourcefile = $1 ORDER BY sourceline LIMIT 1",
+                 WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
+                 AND sourcefile = $1 ORDER BY sourceline LIMIT 1",
                 &[&path],
             )
             .await

@@ -305,7 +305,9 @@ impl PgDriver {
             }
         };
         client
-            .batch_execute(&format!("{REWIND_GRANTS}{role}"))
+            .batch_execute(&format!(
+                "{REWIND_GRANTS}{role}; GRANT pg_checkpoint TO {role}"
+            ))
             .await
             .map_err(stmt(subject))?;
         // Servers prepared before replication existed lack the replication lines.
@@ -692,8 +694,14 @@ impl Replication for PgDriver {
             .and_then(|r| r.try_get(0))
             .map_err(stmt(None))?;
         Self::ensure_slot(&src, &slot).await?;
-        drop(src);
         let local_id = self.local_system_identifier().await?;
+        let same_history = i64::from_ne_bytes(local_id.to_ne_bytes()) == source_id;
+        if same_history {
+            // A recently promoted source names its new timeline in its control file only
+            // after a checkpoint, and pg_rewind reads the timeline from there.
+            src.batch_execute("CHECKPOINT").await.map_err(stmt(None))?;
+        }
+        drop(src);
 
         self.stop(ctx, StopMode::Fast).await?;
         let kept = self.keep_local_files()?;
@@ -706,7 +714,7 @@ impl Replication for PgDriver {
         )?;
         let _cleanup = RemoveOnDrop(tool_passfile.clone());
         // Same history: rewind (a no-op unless it diverged); another cluster: seed afresh.
-        if i64::from_ne_bytes(local_id.to_ne_bytes()) == source_id {
+        if same_history {
             tracing::info!(host = %source.host, port = source.port, "Rewinding onto the source.");
             self.rewind(source, &tool_passfile).await?;
         } else {

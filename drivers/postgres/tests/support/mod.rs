@@ -212,6 +212,16 @@ impl PgProbe {
         }
     }
 
+    /// A probe into the server of `guard` logging in as the admin role with the password of
+    /// `catalog_origin`'s server: a replica's catalog (and so that password) is its
+    /// primary's.
+    pub fn with_catalog_of(guard: &ServerGuard, catalog_origin: &ServerGuard) -> Self {
+        Self {
+            admin_password: catalog_origin.layout().admin_password(),
+            layout: guard.layout().clone(),
+        }
+    }
+
     /// Connects over TCP to 127.0.0.1 as `user`.
     pub async fn connect(
         &self,
