@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 pub mod agent;
 pub mod certs;
 pub mod client;
+pub mod mariadb;
 pub mod services;
 
 pub use agent::{Agent, agent_binary};
