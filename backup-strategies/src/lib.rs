@@ -19,6 +19,8 @@ pub mod store;
 pub mod strategies;
 pub mod strategy;
 
+/// Re-exported so strategies written outside this crate use the same macro version.
+pub use async_trait::async_trait;
 pub use budget::MemoryBudget;
 pub use error::{BackupError, CryptoError, Result, StoreErrorKind};
 pub use manifest::Manifest;

@@ -136,7 +136,8 @@ fn context(backup_id: &str) -> [u8; 16] {
 }
 
 enum Stream {
-    Aes(StreamBE32<Aes256Gcm>),
+    // Boxed: the AES key schedule is far larger than ChaCha's key.
+    Aes(Box<StreamBE32<Aes256Gcm>>),
     ChaCha(StreamBE32<ChaCha20Poly1305>),
 }
 
@@ -147,7 +148,7 @@ impl Stream {
             Cipher::Aes256Gcm => {
                 let a = Aes256Gcm::new_from_slice(key).map_err(|_| bad(()))?;
                 let n = prefix.try_into().map_err(|_| bad(()))?;
-                Self::Aes(StreamBE32::from_aead(a, &n))
+                Self::Aes(Box::new(StreamBE32::from_aead(a, &n)))
             }
             Cipher::ChaCha20Poly1305 => {
                 let a = ChaCha20Poly1305::new_from_slice(key).map_err(|_| bad(()))?;
@@ -433,135 +434,6 @@ impl Opener {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seal_all(key: &InstanceKey, cipher: Cipher, data: &[u8], chunk: usize) -> Vec<u8> {
-        let mut s = Sealer::new(key, cipher, chunk, "b1").unwrap();
-        let mut out = s.header().to_vec();
-        let mut chunks: Vec<&[u8]> = data.chunks(chunk).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        let n = chunks.len();
-        for (i, c) in chunks.into_iter().enumerate() {
-            let mut b = c.to_vec();
-            s.seal(&mut b, i + 1 == n).unwrap();
-            out.extend_from_slice(&b);
-        }
-        out
-    }
-
-    fn open_all(key: &InstanceKey, stored: &[u8], id: &str) -> Result<Vec<u8>> {
-        let mut o = Opener::new(key, stored, id, 1 << 20)?;
-        let body = &stored[HEADER_LEN..];
-        let step = o.sealed_chunk_size();
-        let mut out = Vec::new();
-        let mut pos = 0;
-        loop {
-            let end = (pos + step).min(body.len());
-            let mut b = body[pos..end].to_vec();
-            let at_end = end == body.len();
-            o.open(&mut b, at_end)?;
-            out.extend_from_slice(&b);
-            pos = end;
-            if at_end {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn roundtrip_both_ciphers_and_edge_sizes() {
-        let key = InstanceKey::generate().unwrap();
-        for cipher in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
-            for len in [0usize, 1, 63, 64, 65, 640] {
-                let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-                let stored = seal_all(&key, cipher, &data, 64);
-                assert_eq!(
-                    open_all(&key, &stored, "b1").unwrap(),
-                    data,
-                    "{cipher:?} {len}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn tamper_truncate_reorder_wrong_key() {
-        let key = InstanceKey::generate().unwrap();
-        let data = vec![5u8; 64 * 4 + 10];
-        let stored = seal_all(&key, Cipher::Aes256Gcm, &data, 64);
-        let kind = |r: Result<Vec<u8>>| r.unwrap_err().crypto();
-
-        let mut flipped = stored.clone();
-        flipped[HEADER_LEN + 70] ^= 1;
-        assert_eq!(
-            kind(open_all(&key, &flipped, "b1")),
-            Some(CryptoError::Tampered)
-        );
-
-        let mut hdr = stored.clone();
-        hdr[9] ^= 1; // chunk size
-        assert!(open_all(&key, &hdr, "b1").is_err());
-        let mut hdr = stored.clone();
-        hdr[100] ^= 1; // nonce prefix
-        assert_eq!(
-            kind(open_all(&key, &hdr, "b1")),
-            Some(CryptoError::Tampered)
-        );
-
-        // Cut at a chunk boundary: detected as truncation.
-        let cut = &stored[..HEADER_LEN + 2 * 80];
-        assert_eq!(
-            kind(open_all(&key, cut, "b1")),
-            Some(CryptoError::Truncated)
-        );
-        // Cut inside a chunk.
-        let cut = &stored[..HEADER_LEN + 2 * 80 + 30];
-        assert!(open_all(&key, cut, "b1").is_err());
-
-        // Swap chunks 0 and 1.
-        let mut swapped = stored.clone();
-        let (a, b) = (HEADER_LEN, HEADER_LEN + 80);
-        let c0 = stored[a..a + 80].to_vec();
-        let c1 = stored[b..b + 80].to_vec();
-        swapped[a..a + 80].copy_from_slice(&c1);
-        swapped[b..b + 80].copy_from_slice(&c0);
-        assert_eq!(
-            kind(open_all(&key, &swapped, "b1")),
-            Some(CryptoError::Tampered)
-        );
-
-        let other = InstanceKey::generate().unwrap();
-        assert_eq!(
-            kind(open_all(&other, &stored, "b1")),
-            Some(CryptoError::WrongKey)
-        );
-        assert_eq!(
-            kind(open_all(&key, &stored, "b2")),
-            Some(CryptoError::Tampered)
-        );
-        let mut junk = stored.clone();
-        junk[0] = b'X';
-        assert_eq!(
-            kind(open_all(&key, &junk, "b1")),
-            Some(CryptoError::UnsupportedFormat)
-        );
-    }
-
-    #[test]
-    fn key_debug_shows_only_the_id() {
-        let key = InstanceKey::from_bytes([7u8; 32]);
-        let d = format!("{key:?}");
-        assert!(d.starts_with("InstanceKey(id="));
-        assert!(!d.contains("0707070707"));
-        assert!(InstanceKey::from_base64("AAAA").is_err());
-    }
-}
-
 /// The encryption stage: writes the header, then seals the input as chunks (a blocking thread).
 pub fn encrypt_stage(
     mut input: super::chunk::BlockRx,
@@ -649,15 +521,16 @@ pub fn decrypt_stage(
                         continue;
                     };
                     let sealed = o.sealed_chunk_size();
-                    if cur.as_ref().is_some_and(|(b, _)| b.len() == sealed) {
-                        if let Some((mut buf, permit)) = cur.take() {
-                            o.open(&mut buf, false)?;
-                            if tx
-                                .blocking_send(Ok(Block::new(bytes::Bytes::from(buf), permit)))
-                                .is_err()
-                            {
-                                return Ok(false);
-                            }
+                    // A full chunk with more data behind it is not the last one.
+                    if cur.as_ref().is_some_and(|(b, _)| b.len() == sealed)
+                        && let Some((mut buf, permit)) = cur.take()
+                    {
+                        o.open(&mut buf, false)?;
+                        if tx
+                            .blocking_send(Ok(Block::new(bytes::Bytes::from(buf), permit)))
+                            .is_err()
+                        {
+                            return Ok(false);
                         }
                     }
                     if cur.is_none() {
@@ -687,4 +560,134 @@ pub fn decrypt_stage(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal_all(key: &InstanceKey, cipher: Cipher, data: &[u8], chunk: usize) -> Vec<u8> {
+        let mut s = Sealer::new(key, cipher, chunk, "b1").unwrap();
+        let mut out = s.header().to_vec();
+        let mut chunks: Vec<&[u8]> = data.chunks(chunk).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let mut b = c.to_vec();
+            s.seal(&mut b, i + 1 == n).unwrap();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    fn open_all(key: &InstanceKey, stored: &[u8], id: &str) -> Result<Vec<u8>> {
+        let mut o = Opener::new(key, stored, id, 1 << 20)?;
+        let body = &stored[HEADER_LEN..];
+        let step = o.sealed_chunk_size();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        loop {
+            let end = (pos + step).min(body.len());
+            let mut b = body[pos..end].to_vec();
+            let at_end = end == body.len();
+            o.open(&mut b, at_end)?;
+            out.extend_from_slice(&b);
+            pos = end;
+            if at_end {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)]
+    fn roundtrip_both_ciphers_and_edge_sizes() {
+        let key = InstanceKey::generate().unwrap();
+        for cipher in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
+            for len in [0usize, 1, 63, 64, 65, 640] {
+                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let stored = seal_all(&key, cipher, &data, 64);
+                assert_eq!(
+                    open_all(&key, &stored, "b1").unwrap(),
+                    data,
+                    "{cipher:?} {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tamper_truncate_reorder_wrong_key() {
+        let key = InstanceKey::generate().unwrap();
+        let data = vec![5u8; 64 * 4 + 10];
+        let stored = seal_all(&key, Cipher::Aes256Gcm, &data, 64);
+        let kind = |r: Result<Vec<u8>>| r.unwrap_err().crypto();
+
+        let mut flipped = stored.clone();
+        flipped[HEADER_LEN + 70] ^= 1;
+        assert_eq!(
+            kind(open_all(&key, &flipped, "b1")),
+            Some(CryptoError::Tampered)
+        );
+
+        let mut hdr = stored.clone();
+        hdr[9] ^= 1; // chunk size
+        assert!(open_all(&key, &hdr, "b1").is_err());
+        let mut hdr = stored.clone();
+        hdr[100] ^= 1; // nonce prefix
+        assert_eq!(
+            kind(open_all(&key, &hdr, "b1")),
+            Some(CryptoError::Tampered)
+        );
+
+        // Cut at a chunk boundary: detected as truncation.
+        let cut = &stored[..HEADER_LEN + 2 * 80];
+        assert_eq!(
+            kind(open_all(&key, cut, "b1")),
+            Some(CryptoError::Truncated)
+        );
+        // Cut inside a chunk.
+        let cut = &stored[..HEADER_LEN + 2 * 80 + 30];
+        assert!(open_all(&key, cut, "b1").is_err());
+
+        // Swap chunks 0 and 1.
+        let mut swapped = stored.clone();
+        let (a, b) = (HEADER_LEN, HEADER_LEN + 80);
+        let c0 = stored[a..a + 80].to_vec();
+        let c1 = stored[b..b + 80].to_vec();
+        swapped[a..a + 80].copy_from_slice(&c1);
+        swapped[b..b + 80].copy_from_slice(&c0);
+        assert_eq!(
+            kind(open_all(&key, &swapped, "b1")),
+            Some(CryptoError::Tampered)
+        );
+
+        let other = InstanceKey::generate().unwrap();
+        assert_eq!(
+            kind(open_all(&other, &stored, "b1")),
+            Some(CryptoError::WrongKey)
+        );
+        assert_eq!(
+            kind(open_all(&key, &stored, "b2")),
+            Some(CryptoError::Tampered)
+        );
+        let mut junk = stored.clone();
+        junk[0] = b'X';
+        assert_eq!(
+            kind(open_all(&key, &junk, "b1")),
+            Some(CryptoError::UnsupportedFormat)
+        );
+    }
+
+    #[test]
+    fn key_debug_shows_only_the_id() {
+        let key = InstanceKey::from_bytes([7u8; 32]);
+        let d = format!("{key:?}");
+        assert!(d.starts_with("InstanceKey(id="));
+        assert!(!d.contains("0707070707"));
+        assert!(InstanceKey::from_base64("AAAA").is_err());
+    }
 }

@@ -49,7 +49,7 @@ fn one_database(databases: &[String]) -> Result<&str> {
 }
 
 impl PgDump {
-    fn restore_database<'a>(&self, req: &'a RestoreRequest) -> Result<String> {
+    fn restore_database(&self, req: &RestoreRequest) -> Result<String> {
         if let Some(db) = &req.database {
             return Ok(db.clone());
         }
