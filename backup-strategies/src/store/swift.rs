@@ -484,6 +484,7 @@ impl SwiftStore {
         let resp = self
             .send("create_container", name, |c, s| {
                 c.put(format!("{}/{}", s.storage_url, encode_path(name)))
+                    .header(reqwest::header::CONTENT_LENGTH, 0)
             })
             .await?;
         if resp.status().is_success() {
@@ -515,8 +516,10 @@ impl SwiftStore {
         for attempt in 0..2 {
             let resp = self
                 .send(op, name, |c, s| {
+                    // Explicit: an empty body would otherwise go without a length (411).
                     let mut r = c
                         .put(format!("{}{query}", Self::object_url(s, container, name)))
+                        .header(reqwest::header::CONTENT_LENGTH, body.len())
                         .body(body.clone());
                     if let Some(e) = etag {
                         r = r.header("ETag", e);
