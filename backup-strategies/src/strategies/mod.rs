@@ -10,10 +10,10 @@ use std::path::Path;
 
 use crate::error::{BackupError, Result};
 
-mod mariabackup;
-mod mariadb_dump;
-mod pg_basebackup;
-mod pg_dump;
+pub mod mariabackup;
+pub mod mariadb_dump;
+pub mod pg_basebackup;
+pub mod pg_dump;
 
 pub use mariabackup::Mariabackup;
 pub use mariadb_dump::MariadbDump;
