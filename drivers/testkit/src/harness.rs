@@ -5,6 +5,8 @@
 //! every effect the kit asserts is observed outside the driver's code path.
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,7 +41,41 @@ pub trait Probe: Send + Sync {
 
     /// Kills the server process with `SIGKILL`, as a crash would.
     async fn kill_server(&self) -> Result<(), String>;
+
+    /// The value the server uses for configuration parameter `name` right now, as the server
+    /// shows it. The default cannot tell; the configuration cases then check the driver's
+    /// own answers only.
+    async fn setting(&self, name: &str) -> Result<String, String> {
+        Err(format!("this probe cannot read the setting {name}"))
+    }
 }
+
+/// One configuration parameter and a value for it that differs from the server's default.
+#[derive(Debug, Clone)]
+pub struct SampleSetting {
+    /// Parameter name.
+    pub key: &'static str,
+    /// The value to set, as the control plane sends it.
+    pub value: serde_json::Value,
+    /// How the server shows it once in effect (see [`Probe::setting`]).
+    pub shown: &'static str,
+}
+
+/// What the configuration cases set: one parameter that takes effect at once and one that
+/// needs a restart.
+#[derive(Debug, Clone)]
+pub struct ConfigSample {
+    /// A dynamic parameter.
+    pub dynamic: SampleSetting,
+    /// A restart-required parameter.
+    pub restart: SampleSetting,
+}
+
+/// A boxed, sendable future of a harness, what a [`PeerMaker`] returns.
+pub type BoxedHarness = Pin<Box<dyn Future<Output = Harness> + Send>>;
+
+/// Builds another fresh, prepared, running server of the same driver (a replica-to-be).
+pub type PeerMaker = Arc<dyn Fn() -> BoxedHarness + Send + Sync>;
 
 /// One driver on a fresh, prepared, running server, with its probe.
 pub struct Harness {
@@ -52,6 +88,11 @@ pub struct Harness {
     /// Whatever keeps the server alive (temporary directories, process handles); dropped last
     /// with the harness.
     pub guard: Box<dyn Any + Send + Sync>,
+    /// Parameters for the configuration cases, when the driver's support names them (the kit
+    /// knows samples for the drivers of this workspace).
+    pub config_sample: Option<ConfigSample>,
+    /// Makes further servers for the replication cases.
+    pub peers: Option<PeerMaker>,
 }
 
 impl Harness {
@@ -66,7 +107,28 @@ impl Harness {
             probe,
             names: Names::new(),
             guard,
+            config_sample: None,
+            peers: None,
         }
+    }
+
+    /// Names the parameters the configuration cases set.
+    #[must_use]
+    pub fn with_config_sample(mut self, sample: ConfigSample) -> Self {
+        self.config_sample = Some(sample);
+        self
+    }
+
+    /// Lets the replication cases build further servers with `make` (usually the same
+    /// function that built this harness).
+    #[must_use]
+    pub fn with_peers<F, Fut>(mut self, make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Harness> + Send + 'static,
+    {
+        self.peers = Some(Arc::new(move || Box::pin(make())));
+        self
     }
 
     /// An operation context with a unique request id naming `operation`.

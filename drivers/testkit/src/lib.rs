@@ -2,7 +2,7 @@
 //!
 //! The conformance suite every guest-agent datastore driver must pass. Each behaviour is a
 //! plain `pub async fn name(h: &Harness)` in the module of its API group ([`admin`],
-//! [`lifecycle`], [`health`], [`capability`], [`hostile`]). A driver runs the whole suite with
+//! [`lifecycle`], [`health`], [`config`], [`replication`], [`capability`], [`hostile`]). A driver runs the whole suite with
 //! one macro call in its `tests/conformance.rs`:
 //!
 //! ```no_run
@@ -33,14 +33,16 @@
 pub mod admin;
 pub mod capability;
 pub mod check;
+pub mod config;
 pub mod harness;
 pub mod health;
 pub mod hostile;
 pub mod lifecycle;
 pub mod names;
+pub mod replication;
 
 pub use async_trait::async_trait;
-pub use harness::{Harness, Probe};
+pub use harness::{ConfigSample, Harness, PeerMaker, Probe, SampleSetting};
 pub use names::Names;
 
 #[doc(hidden)]
@@ -97,6 +99,13 @@ macro_rules! conformance_tests {
         );
         $crate::__kit_group!(capability;
             unsupported_groups_say_not_supported,
+        );
+        $crate::__kit_group!(config;
+            dynamic_vs_restart_required,
+            invalid_overrides_rejected_and_files_untouched,
+        );
+        $crate::__kit_group!(replication;
+            attach_wait_promote,
         );
     };
 }

@@ -6,7 +6,7 @@ mod support;
 use std::future::Future;
 use std::pin::Pin;
 
-use guest_agent_testkit::{Harness, admin, capability, health, lifecycle};
+use guest_agent_testkit::{Harness, admin, capability, config, health, lifecycle};
 use support::{Bug, buggy};
 
 type KitFn = for<'a> fn(&'a Harness) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -49,6 +49,7 @@ catches! {
     position_stuck: PositionStuck => health::position_advances_on_write;
     lists_root: ListsRoot => admin::root_enable_login_disable;
     prepare_twice: PrepareTwice => lifecycle::prepare_on_initialised_datadir_is_refused;
+    restart_unreported: RestartUnreported => config::dynamic_vs_restart_required;
 }
 
 catches! {

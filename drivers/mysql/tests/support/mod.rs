@@ -324,10 +324,16 @@ impl Probe for MariaProbe {
     }
 }
 
-/// The conformance kit's harness: a fresh prepared server, its driver and probe.
-pub async fn make_harness() -> Harness {
+/// A fresh prepared server, its driver and probe.
+async fn fresh_harness() -> Harness {
     let inst = Instance::start().await;
     let driver: Arc<dyn Driver> = Arc::<MySqlDriver>::clone(&inst.driver);
     let probe = Box::new(inst.probe());
     Harness::new(driver, probe, Box::new(inst))
+}
+
+/// The conformance kit's harness: a fresh prepared server, its driver and probe, with more
+/// fresh servers for the replication cases.
+pub async fn make_harness() -> Harness {
+    fresh_harness().await.with_peers(fresh_harness)
 }

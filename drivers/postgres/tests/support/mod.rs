@@ -243,10 +243,22 @@ impl PgProbe {
         Ok(client)
     }
 
-    /// An administrative session to `database`.
+    /// An administrative session to `database` over the server's socket, as the driver
+    /// itself logs in (peer identity of this process), so it works on a replica whose admin
+    /// password came from its primary.
     pub async fn admin(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
-        self.connect(ADMIN_USER, &self.admin_password, database)
-            .await
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&self.layout.run_dir)
+            .port(self.layout.port)
+            .user(ADMIN_USER)
+            .password(&self.admin_password)
+            .dbname(database)
+            .connect_timeout(Duration::from_secs(5));
+        let (client, conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
     }
 
     async fn admin_bool(&self, sql: &str, arg: &str) -> bool {
@@ -319,6 +331,15 @@ impl Probe for PgProbe {
         .map_err(|e| e.to_string())
     }
 
+    async fn setting(&self, name: &str) -> Result<String, String> {
+        let c = self.admin("postgres").await.map_err(|e| e.to_string())?;
+        let row = c
+            .query_one("SELECT current_setting($1::text)", &[&name])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
     async fn kill_server(&self) -> Result<(), String> {
         let pid = self
             .layout
@@ -333,10 +354,16 @@ impl Probe for PgProbe {
     }
 }
 
-/// The conformance kit's harness: a fresh prepared server, its probe and its guard.
-pub async fn make_harness() -> Harness {
+/// A fresh prepared server, its probe and its guard.
+async fn fresh_harness() -> Harness {
     let (driver, guard) = prepared(&small_spec()).await;
     let probe = PgProbe::new(&guard);
     let driver: Arc<dyn Driver> = driver;
     Harness::new(driver, Box::new(probe), Box::new(guard))
+}
+
+/// The conformance kit's harness: a fresh prepared server, its probe and its guard, with
+/// more fresh servers for the replication cases.
+pub async fn make_harness() -> Harness {
+    fresh_harness().await.with_peers(fresh_harness)
 }

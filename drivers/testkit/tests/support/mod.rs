@@ -20,7 +20,7 @@ use guest_agent_api::{
     Admin, BackupHooks, Capabilities, ConfigApply, DatastoreStatus, Driver, DriverInfo, Error,
     Health, Lifecycle, OpContext, Position, Replication, Result, StopMode,
 };
-use guest_agent_testkit::{Harness, Probe, async_trait};
+use guest_agent_testkit::{ConfigSample, Harness, Probe, SampleSetting, async_trait};
 
 const NAME: &str = "mock";
 const ROOT: &str = "root";
@@ -34,7 +34,16 @@ struct State {
     users: BTreeMap<String, (String, BTreeSet<String>)>,
     root: Option<String>,
     pos: u64,
+    /// The managed override set.
+    overrides: BTreeMap<String, i64>,
+    /// Values in effect.
+    settings: BTreeMap<String, i64>,
+    /// Values waiting for a restart.
+    pending: BTreeMap<String, i64>,
 }
+
+/// The mock's configuration parameters: name and whether a change needs a restart.
+const PARAMS: &[(&str, bool)] = &[("mock_dynamic", false), ("mock_restart", true)];
 
 #[derive(Debug, Clone, Default)]
 struct Shared(Arc<Mutex<State>>);
@@ -66,6 +75,8 @@ pub enum Bug {
     ListsRoot,
     /// A second `prepare` succeeds.
     PrepareTwice,
+    /// A restart-required parameter is reported as applied at once.
+    RestartUnreported,
 }
 
 #[derive(Debug)]
@@ -329,6 +340,9 @@ impl Lifecycle for MockDriver {
         let mut st = self.state.lock();
         st.running = true;
         st.crashed = false;
+        // A start reads the whole override set, restart-only values included.
+        let pending = std::mem::take(&mut st.pending);
+        st.settings.extend(pending);
         Ok(())
     }
 
@@ -401,27 +415,53 @@ impl ConfigApply for MockDriver {
         let mut out = ValidatedOverrides::default();
         for (k, v) in overrides {
             let key = ConfigKey::new(k.as_str())?;
+            let Some((_, restart)) = PARAMS.iter().find(|(n, _)| *n == k) else {
+                return Err(Error::InvalidConfig {
+                    key: k.clone(),
+                    reason: "unknown parameter".into(),
+                });
+            };
             let value = v.as_i64().ok_or_else(|| Error::InvalidConfig {
                 key: k.clone(),
                 reason: "integers only".into(),
             })?;
+            if *restart {
+                out.restart_required.push(key.clone());
+            }
             out.values.insert(key, ConfigValue::Int(value));
         }
         Ok(out)
     }
 
-    async fn apply(&self, _: &OpContext, _: &ValidatedOverrides) -> Result<ApplyOutcome> {
+    async fn apply(&self, _: &OpContext, v: &ValidatedOverrides) -> Result<ApplyOutcome> {
         if !self.declared(self.caps().config) {
             return Err(unsupported("apply"));
         }
-        Ok(ApplyOutcome::default())
+        let mut st = self.state.lock();
+        let mut out = ApplyOutcome::default();
+        st.overrides.clear();
+        for (k, value) in &v.values {
+            let ConfigValue::Int(i) = value else {
+                return Err(Error::Internal("integers only".into()));
+            };
+            let restart = PARAMS.iter().any(|(n, r)| *n == k.as_str() && *r);
+            st.overrides.insert(k.to_string(), *i);
+            if restart && self.bug != Some(Bug::RestartUnreported) {
+                st.pending.insert(k.to_string(), *i);
+                out.restart_required.push(k.to_string());
+            } else {
+                st.settings.insert(k.to_string(), *i);
+                out.dynamic_applied.push(k.to_string());
+            }
+        }
+        Ok(out)
     }
 
-    async fn remove_overrides(&self, _: &OpContext) -> Result<ApplyOutcome> {
+    async fn remove_overrides(&self, ctx: &OpContext) -> Result<ApplyOutcome> {
         if !self.declared(self.caps().config) {
             return Err(unsupported("remove_overrides"));
         }
-        Ok(ApplyOutcome::default())
+        self.apply(ctx, &ValidatedOverrides::default()).await
     }
 
     async fn reset_base(&self, _: &OpContext, _: &str) -> Result<()> {
@@ -432,7 +472,12 @@ impl ConfigApply for MockDriver {
         if !self.declared(self.caps().config) {
             return Err(unsupported("current"));
         }
-        Ok(BTreeMap::new())
+        let st = self.state.lock();
+        Ok(st
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect())
     }
 }
 
@@ -509,6 +554,14 @@ impl Probe for MockProbe {
         Ok(())
     }
 
+    async fn setting(&self, name: &str) -> Result<String, String> {
+        let st = self.state.lock();
+        if !st.running {
+            return Err("server down".into());
+        }
+        Ok(st.settings.get(name).copied().unwrap_or(0).to_string())
+    }
+
     async fn kill_server(&self) -> Result<(), String> {
         let mut st = self.state.lock();
         st.running = false;
@@ -536,6 +589,18 @@ fn harness(capabilities: Capabilities, bug: Option<Bug>) -> Harness {
         Box::new(MockProbe { state }),
         Box::new(()),
     )
+    .with_config_sample(ConfigSample {
+        dynamic: SampleSetting {
+            key: "mock_dynamic",
+            value: serde_json::json!(7),
+            shown: "7",
+        },
+        restart: SampleSetting {
+            key: "mock_restart",
+            value: serde_json::json!(9),
+            shown: "9",
+        },
+    })
 }
 
 /// Every admin capability declared, plus configuration.
