@@ -15,6 +15,7 @@ async fn s3api_conformance() {
     let bucket = support::unique("ga-conf");
     let store = support::s3_store(&bucket).await;
     conformance::run_all(&store, "run").await;
+    store.delete_bucket().await.unwrap();
 }
 
 #[tokio::test]

@@ -19,9 +19,10 @@ async fn swift_native_conformance() {
     let store = support::swift_store(&container).await;
     conformance::run_all(&store, "run").await;
     // Segments of the multipart and overwrite checks were deleted with their objects.
-    let segs = support::swift_store(&format!("{container}_segments")).await;
+    let segs = support::swift_segments(&container);
     let left: Vec<_> = segs.list("").try_collect().await.unwrap();
     assert!(left.is_empty(), "segments left: {left:?}");
+    store.delete_containers().await.unwrap();
 }
 
 #[tokio::test]
@@ -80,6 +81,7 @@ async fn preauth_and_bad_credentials() {
     store.put(&key, Bytes::from_static(b"hello")).await.unwrap();
     assert_eq!(store.head(&key).await.unwrap().size, 5);
     store.delete(&key).await.unwrap();
+    store.delete_containers().await.unwrap();
 
     let bad = SwiftStoreBuilder::new(
         SwiftAuth::TempAuth {

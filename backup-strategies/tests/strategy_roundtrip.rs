@@ -343,8 +343,8 @@ impl ToolRunner for KillingRunner {
 
 #[tokio::test]
 async fn postgres_physical_backup_restores_into_a_fresh_instance() {
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(support::s3_store(&support::unique("ga-pgphys")).await);
+    let s3 = Arc::new(support::s3_store(&support::unique("ga-pgphys")).await);
+    let store: Arc<dyn ObjectStore> = Arc::clone(&s3) as Arc<dyn ObjectStore>;
     let base = base_dir("ga-bk-pg-");
     let src = start_pg(base.path(), "src", false).await;
     fill_pg(&src, "postgres", 150_000).await;
@@ -392,12 +392,13 @@ async fn postgres_physical_backup_restores_into_a_fresh_instance() {
     assert!(matches!(e2, BackupError::InvalidArgument { .. }), "{e2}");
     e.delete(&rep.manifest_key).await.unwrap();
     assert_nothing_stored(store.as_ref()).await;
+    s3.delete_bucket().await.unwrap();
 }
 
 #[tokio::test]
 async fn postgres_tool_killed_mid_stream_commits_nothing() {
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(support::s3_store(&support::unique("ga-pgkill")).await);
+    let s3 = Arc::new(support::s3_store(&support::unique("ga-pgkill")).await);
+    let store: Arc<dyn ObjectStore> = Arc::clone(&s3) as Arc<dyn ObjectStore>;
     let base = base_dir("ga-bk-pgk-");
     let src = start_pg(base.path(), "src", false).await;
     fill_pg(&src, "postgres", 150_000).await;
@@ -422,14 +423,15 @@ async fn postgres_tool_killed_mid_stream_commits_nothing() {
         other => panic!("expected a tool failure, got {other}"),
     }
     assert_nothing_stored(store.as_ref()).await;
+    s3.delete_bucket().await.unwrap();
     // The server is unharmed.
     assert_eq!(pg_fingerprint(&src, "postgres").await.0, 150_000);
 }
 
 #[tokio::test]
 async fn postgres_logical_backup_of_one_database() {
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(support::swift_store(&support::unique("ga-pgdump")).await);
+    let swift = Arc::new(support::swift_store(&support::unique("ga-pgdump")).await);
+    let store: Arc<dyn ObjectStore> = Arc::clone(&swift) as Arc<dyn ObjectStore>;
     let base = base_dir("ga-bk-pgd-");
     let src = start_pg(base.path(), "src", false).await;
     src.client("postgres")
@@ -484,6 +486,7 @@ async fn postgres_logical_backup_of_one_database() {
     assert_eq!(pg_fingerprint(&dst, "shop").await, want);
     e.delete(&rep.manifest_key).await.unwrap();
     assert_nothing_stored(store.as_ref()).await;
+    swift.delete_containers().await.unwrap();
 }
 
 // ---- MariaDB ---------------------------------------------------------------------------
@@ -610,7 +613,8 @@ async fn maria_exec(m: &Maria, sql: &str) {
 
 #[tokio::test]
 async fn mariadb_physical_full_and_incremental() {
-    let store: Arc<dyn ObjectStore> = Arc::new(support::s3_store(&support::unique("ga-mbk")).await);
+    let s3 = Arc::new(support::s3_store(&support::unique("ga-mbk")).await);
+    let store: Arc<dyn ObjectStore> = Arc::clone(&s3) as Arc<dyn ObjectStore>;
     let base = base_dir("ga-bk-my-");
     let src = start_maria(&base.path().join("src"), false).await;
     maria_exec(&src, "CREATE DATABASE shop").await;
@@ -669,12 +673,13 @@ async fn mariadb_physical_full_and_incremental() {
     e.delete(&inc.manifest_key).await.unwrap();
     e.delete(&full.manifest_key).await.unwrap();
     assert_nothing_stored(store.as_ref()).await;
+    s3.delete_bucket().await.unwrap();
 }
 
 #[tokio::test]
 async fn mariadb_logical_chosen_databases() {
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(support::swift_store(&support::unique("ga-mdump")).await);
+    let swift = Arc::new(support::swift_store(&support::unique("ga-mdump")).await);
+    let store: Arc<dyn ObjectStore> = Arc::clone(&swift) as Arc<dyn ObjectStore>;
     let base = base_dir("ga-bk-myd-");
     let src = start_maria(&base.path().join("src"), false).await;
     for db in ["shop", "other"] {
@@ -738,4 +743,5 @@ async fn mariadb_logical_chosen_databases() {
     c.disconnect().await.unwrap();
     e.delete(&rep.manifest_key).await.unwrap();
     assert_nothing_stored(store.as_ref()).await;
+    swift.delete_containers().await.unwrap();
 }

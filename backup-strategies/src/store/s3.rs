@@ -261,6 +261,29 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Deletes the bucket if it is empty (for test and decommissioning cleanup). A missing
+    /// bucket is fine.
+    ///
+    /// # Errors
+    /// Store errors; a bucket that still holds objects is `Rejected` (409).
+    pub async fn delete_bucket(&self) -> Result<()> {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = map_err("delete_bucket", &self.bucket, e);
+                if e.is_not_found() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn name(&self) -> &'static str {

@@ -503,6 +503,25 @@ impl SwiftStore {
         self.ensure_container(&self.segments).await
     }
 
+    /// Deletes the container and the segments container if they are empty (for test and
+    /// decommissioning cleanup). Missing containers are fine.
+    ///
+    /// # Errors
+    /// Store errors; a container that still holds objects is `Rejected` (409).
+    pub async fn delete_containers(&self) -> Result<()> {
+        for name in [&self.container, &self.segments] {
+            let resp = self
+                .send("delete_container", name, |c, s| {
+                    c.delete(format!("{}/{}", s.storage_url, encode_path(name)))
+                })
+                .await?;
+            if !(resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND) {
+                return Err(status_err("delete_container", name, resp).await);
+            }
+        }
+        Ok(())
+    }
+
     /// PUTs an object, creating its container once when Swift says it is missing.
     async fn put_object(
         &self,

@@ -61,19 +61,33 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A Swift native store on `container` (containers created).
-pub async fn swift_store(container: &str) -> SwiftStore {
+fn swift_auth() -> SwiftAuth {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = swift_auth_url();
     require_swift(&url);
-    let auth = SwiftAuth::TempAuth {
+    SwiftAuth::TempAuth {
         auth_url: url,
         user: env_or("GA_SWIFT_USER", "test:tester"),
         key: env_or("GA_SWIFT_KEY", "testing"),
-    };
-    let store = SwiftStoreBuilder::new(auth, container).build().unwrap();
+    }
+}
+
+/// A Swift native store on `container` (containers created).
+pub async fn swift_store(container: &str) -> SwiftStore {
+    let store = SwiftStoreBuilder::new(swift_auth(), container)
+        .build()
+        .unwrap();
     store.ensure_containers().await.unwrap();
     store
+}
+
+/// A store that reads the segments container of `container` (to look for leftovers).
+pub fn swift_segments(container: &str) -> SwiftStore {
+    let segs = format!("{container}_segments");
+    SwiftStoreBuilder::new(swift_auth(), &segs)
+        .with_segments_container(&segs)
+        .build()
+        .unwrap()
 }
 
 /// An S3 API store on `bucket` (bucket created).
