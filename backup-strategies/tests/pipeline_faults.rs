@@ -762,3 +762,101 @@ async fn budget_too_small_is_refused() {
         .unwrap_err();
     assert!(matches!(e, BackupError::InvalidArgument { .. }));
 }
+
+#[tokio::test]
+async fn disk_full_during_restore_is_a_tool_failure() {
+    let env = Env::new();
+    let engine = env.engine(env.store(), opts());
+    let data = pattern(3 * PART, 6);
+    let input = env.input("in", &data);
+    let rep = engine
+        .backup(
+            &FileStrategy::cat(&input),
+            &spec("full", None),
+            None,
+            &never(),
+        )
+        .await
+        .unwrap();
+    // The restore tool writes into /dev/full: every write fails with ENOSPC.
+    let out = env.target("full-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let strategy = FileStrategy {
+        argv: vec!["/bin/true".into()],
+        incremental: false,
+    };
+    let mut req = restore_req(&out);
+    req.work_dir = None;
+    let r = engine
+        .restore(
+            &DevFull(strategy),
+            &rep.manifest_key,
+            req,
+            None,
+            None,
+            &never(),
+        )
+        .await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, BackupError::Tool { .. }), "{e}");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    // The backup itself is intact and still verifies.
+    engine
+        .verify(&rep.manifest_key, None, None, &never())
+        .await
+        .unwrap();
+}
+
+/// A [`FileStrategy`] whose restore tool writes to `/dev/full`.
+#[derive(Debug)]
+struct DevFull(FileStrategy);
+
+#[guest_agent_backup::async_trait]
+impl guest_agent_backup::BackupStrategy for DevFull {
+    fn id(&self) -> &'static str {
+        self.0.id()
+    }
+    fn datastore(&self) -> &'static str {
+        self.0.datastore()
+    }
+    fn extension(&self) -> &'static str {
+        self.0.extension()
+    }
+    fn backup_command(
+        &self,
+        req: &guest_agent_backup::BackupRequest,
+    ) -> guest_agent_backup::Result<guest_agent_backup::run::CommandSpec> {
+        self.0.backup_command(req)
+    }
+    fn judge_backup(
+        &self,
+        req: &guest_agent_backup::BackupRequest,
+        exit: &guest_agent_backup::run::ToolExit,
+    ) -> guest_agent_backup::Result<guest_agent_backup::strategy::ToolReport> {
+        self.0.judge_backup(req, exit)
+    }
+    async fn before_restore(
+        &self,
+        _runner: &dyn guest_agent_backup::ToolRunner,
+        _req: &RestoreRequest,
+    ) -> guest_agent_backup::Result<()> {
+        Ok(())
+    }
+    fn restore_command(
+        &self,
+        _req: &RestoreRequest,
+        _step: usize,
+    ) -> guest_agent_backup::Result<guest_agent_backup::run::CommandSpec> {
+        Ok(guest_agent_backup::run::CommandSpec::new(
+            "/bin/dd",
+            ["of=/dev/full", "bs=65536"],
+        ))
+    }
+    async fn finish_restore(
+        &self,
+        _runner: &dyn guest_agent_backup::ToolRunner,
+        _req: &RestoreRequest,
+    ) -> guest_agent_backup::Result<()> {
+        Ok(())
+    }
+}
