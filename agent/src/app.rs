@@ -20,6 +20,9 @@ use crate::telemetry::Metrics;
 use crate::transport::http::{BoundHttp, HttpControlPlane, HttpTransport};
 use crate::transport::{ControlPlane, LogControlPlane, Transport, TransportError};
 
+/// How long transports may take to close their connections once operations have drained.
+const TRANSPORT_SLACK: Duration = Duration::from_secs(3);
+
 /// Why the agent could not start or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -237,6 +240,9 @@ impl App {
         );
         let mut failure = None;
         tokio::select! {
+            // A normal shutdown also ends the transports: look at the token first so that is
+            // not mistaken for a transport failure.
+            biased;
             () = shutdown.cancelled() => {}
             Some(joined) = serving.join_next() => {
                 // A transport ended on its own: that is fatal for the agent.
@@ -254,7 +260,10 @@ impl App {
         let grace = Duration::from_secs(config.agent.shutdown_grace_secs);
         dispatcher.stop_accepting();
         let drained = dispatcher.drain(grace).await;
-        if tokio::time::timeout(grace + Duration::from_secs(5), async {
+        // Operations are drained by now; what remains are responses being written and idle
+        // connections (an idle HTTP/2 client may never acknowledge the shutdown), so the
+        // transports get a short slack, not another grace period.
+        if tokio::time::timeout(TRANSPORT_SLACK, async {
             while serving.join_next().await.is_some() {}
         })
         .await

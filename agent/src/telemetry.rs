@@ -143,9 +143,14 @@ pub fn init_logging(cfg: &LogSection) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour only on a terminal; and a failed log write (stderr gone, a closed pipe) must never
+    // become a panic that kills the agent or its signal handling.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),

@@ -382,13 +382,9 @@ async fn pagination_filesystem_stats_and_root() {
     // get_root_password is not supported, with Trove's text.
     let r = c.call_err("get_root_password", json!({})).await;
     r.assert_error(501, "NotSupported");
-    let msg = r
-        .error_message()
-        .unwrap()
-        .trim_end_matches('.')
-        .to_lowercase();
     assert_eq!(
-        msg, "the 'get_root_password' operation is not supported for the 'postgresql' datastore",
+        r.error_message().unwrap(),
+        "The 'get_root_password' operation is not supported for the 'postgresql' datastore.",
         "{}",
         r.body
     );

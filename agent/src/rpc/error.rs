@@ -106,7 +106,7 @@ mod tests {
         assert_eq!((e.kind(), e.http_status()), ("NotSupported", 501));
         assert_eq!(
             e.to_string(),
-            "the 'get_root_password' operation is not supported for the 'postgresql' datastore"
+            "The 'get_root_password' operation is not supported for the 'postgresql' datastore."
         );
         let e = RpcError::from(DriverError::invalid("user name", "bad"));
         assert_eq!(e.http_status(), 400);

@@ -40,7 +40,7 @@ pub enum Error {
         name: String,
     },
     /// The driver does not support this operation.
-    #[error("the '{operation}' operation is not supported for the '{driver}' datastore")]
+    #[error("The '{operation}' operation is not supported for the '{driver}' datastore.")]
     NotSupported {
         /// Operation name (Trove method name where there is one).
         operation: &'static str,
