@@ -236,6 +236,11 @@ impl Dispatcher {
                 }
                 .into());
             }
+            // Replicas seed themselves from the source (no backup to restore first).
+            Request::BackupRequiredForReplication => {
+                self.replication("backup_required_for_replication")?;
+                Value::Bool(false)
+            }
             other => return Err(RpcError::Internal(format!("{other:?} is not lock-free"))),
         })
     }
@@ -409,6 +414,22 @@ impl Dispatcher {
                     .map_err(|e| RpcError::invalid_args(method, "position", e.to_string()))?;
                 json!({"reached": reached, "position": here})
             }
+            other @ (Request::ApplyOverrides { .. }
+            | Request::ResetConfiguration(_)
+            | Request::StartWithConfChanges(_)
+            | Request::ReplicationSnapshot { .. }
+            | Request::AttachReplica(_)
+            | Request::DetachReplica { .. }
+            | Request::ReplicaContext
+            | Request::MakeReadOnly(_)
+            | Request::EnableAsMaster
+            | Request::PromoteToReplicaSource
+            | Request::DemoteMaster
+            | Request::LastTxn
+            | Request::WaitForTxn { .. }
+            | Request::CleanupReplica(_)) => {
+                return self.run_replication_or_config(method, other, &c).await;
+            }
             other => {
                 return Err(RpcError::Internal(format!(
                     "{other:?} dispatched to the wrong lock"
@@ -416,6 +437,131 @@ impl Dispatcher {
             }
         };
         Ok(out)
+    }
+
+    /// The driver's replication group, or `NotSupported` naming `operation`.
+    fn replication(
+        &self,
+        operation: &'static str,
+    ) -> Result<&dyn guest_agent_api::Replication, RpcError> {
+        self.driver.replication().ok_or_else(|| {
+            DriverError::NotSupported {
+                operation,
+                driver: self.driver.info().name,
+            }
+            .into()
+        })
+    }
+
+    /// Runs the replication and configuration requests.
+    async fn run_replication_or_config(
+        &self,
+        method: &str,
+        req: Request,
+        c: &OpContext,
+    ) -> Result<Value, RpcError> {
+        let d = &self.driver;
+        let null = |r: Result<(), DriverError>| r.map(|()| Value::Null).map_err(RpcError::from);
+        match req {
+            Request::ApplyOverrides { overrides, remove } => {
+                let cfg = d.config();
+                // Everything is validated before anything is written.
+                let validated = cfg.validate(&overrides)?;
+                let outcome = if overrides.is_empty() {
+                    if !remove {
+                        // Trove: updating with no overrides changes nothing.
+                        return Ok(Value::Null);
+                    }
+                    cfg.remove_overrides(c).await?
+                } else {
+                    cfg.apply(c, &validated).await?
+                };
+                self.state.poke();
+                serde_json::to_value(outcome).map_err(|e| RpcError::Internal(e.to_string()))
+            }
+            Request::ResetConfiguration(contents) => {
+                null(d.config().reset_base(c, &contents).await)
+            }
+            Request::StartWithConfChanges(contents) => {
+                d.config().reset_base(c, &contents).await?;
+                d.lifecycle().start(c).await?;
+                self.state.poke();
+                Ok(Value::Null)
+            }
+            Request::ReplicationSnapshot {
+                replica_id,
+                snapshot_id,
+            } => {
+                let r = self.replication("get_replication_snapshot")?;
+                let snap = r.snapshot_for_replica(c, &replica_id).await?;
+                let sizes = dataset_sizes(&self.data_dir);
+                Ok(super::replication::snapshot_json(
+                    &snap,
+                    d.info().name,
+                    snapshot_id.as_ref(),
+                    sizes,
+                ))
+            }
+            Request::AttachReplica(source) => {
+                let r = self.replication("attach_replica")?;
+                let out = r.attach(c, &source).await;
+                self.state.poke();
+                null(out)
+            }
+            Request::DetachReplica { for_failover } => {
+                let r = self.replication("detach_replica")?;
+                let out = r.detach(c, for_failover).await?;
+                self.state.poke();
+                serde_json::to_value(out).map_err(|e| RpcError::Internal(e.to_string()))
+            }
+            Request::ReplicaContext => {
+                let r = self.replication("get_replica_context")?;
+                Ok(super::replication::context_json(
+                    &r.replica_context(c).await?,
+                ))
+            }
+            Request::MakeReadOnly(ro) => null(
+                self.replication("make_read_only")?
+                    .set_read_only(c, ro)
+                    .await,
+            ),
+            Request::EnableAsMaster => null(self.replication("enable_as_master")?.promote(c).await),
+            Request::PromoteToReplicaSource => {
+                let r = self.replication("promote_to_replica_source")?;
+                let out = r.promote(c).await;
+                self.state.poke();
+                null(out)
+            }
+            Request::DemoteMaster => {
+                let r = self.replication("demote_replication_master")?;
+                let out = r.demote(c).await;
+                self.state.poke();
+                null(out)
+            }
+            Request::LastTxn => {
+                let node = self.replication("get_last_txn")?.node_position(c).await?;
+                super::replication::last_txn_json(&node).ok_or_else(|| {
+                    DriverError::NotSupported {
+                        operation: "get_last_txn",
+                        driver: d.info().name,
+                    }
+                    .into()
+                })
+            }
+            Request::WaitForTxn { txn, timeout } => null(
+                self.replication("wait_for_txn")?
+                    .wait_for(c, &txn, timeout)
+                    .await,
+            ),
+            Request::CleanupReplica(id) => null(
+                self.replication("cleanup_source_on_replica_detach")?
+                    .forget_replica(c, &id)
+                    .await,
+            ),
+            other => Err(RpcError::Internal(format!(
+                "{other:?} is not a replication or configuration request ({method})"
+            ))),
+        }
     }
 
     /// The status to report now: the agent's phase first, then the datastore's own status.
@@ -518,6 +664,18 @@ fn filesystem_stats(path: &Path, extra: serde_json::Map<String, Value>) -> Resul
         "used": gib(total_blocks.saturating_sub(free_blocks) * bs),
         "mgr_extra_info": extra,
     }))
+}
+
+/// Used and total GiB of the file system holding `path` (Trove's `dataset_size` and
+/// `volume_size`), zero when it cannot be read.
+fn dataset_sizes(path: &Path) -> (f64, f64) {
+    match filesystem_stats(path, serde_json::Map::new()) {
+        Ok(v) => (
+            v["used"].as_f64().unwrap_or_default(),
+            v["total"].as_f64().unwrap_or_default(),
+        ),
+        Err(_) => (0.0, 0.0),
+    }
 }
 
 /// CPU count and memory (kB), the shape Trove's `get_hwinfo` once returned.

@@ -16,11 +16,18 @@ use guest_agent_api::admin::{
 use guest_agent_api::config::Overrides;
 use guest_agent_api::ident::{DbName, HostPattern, Password, UserName};
 use guest_agent_api::lifecycle::PrepareSpec;
+use guest_agent_api::replication::ReplicationSource;
 use guest_agent_api::{Error as DriverError, Position};
+
+/// How long `wait_for_txn` waits unless told (Trove's PostgreSQL guest waits 60 s).
+pub const WAIT_FOR_TXN_DEFAULT_SECS: u64 = 60;
+/// Longest `wait_for_txn` wait a caller may ask for.
+pub const WAIT_FOR_TXN_MAX_SECS: u64 = 86_400;
 
 pub mod dispatch;
 pub mod error;
 pub mod ops;
+mod replication;
 
 pub use dispatch::{Dispatcher, RequestContext};
 pub use error::RpcError;
@@ -110,6 +117,45 @@ pub enum Request {
     ResetConfiguration(String),
     /// `start_db_with_conf_changes`: replace the base configuration, then start.
     StartWithConfChanges(String),
+    /// `get_replication_snapshot` → Trove's snapshot dict: prepare this primary to feed a new
+    /// replica.
+    ReplicationSnapshot {
+        /// Names what the primary keeps for the replica (a PostgreSQL slot).
+        replica_id: String,
+        /// `snapshot_info.id`, echoed as `dataset.snapshot_id`.
+        snapshot_id: Option<Value>,
+    },
+    /// `attach_replica` / `attach_replication_slave`: replicate from the source described by
+    /// a snapshot or replica context.
+    AttachReplica(Box<ReplicationSource>),
+    /// `detach_replica` → `{"replication_user": name|null}`.
+    DetachReplica {
+        /// Part of a failover (the replication account is kept).
+        for_failover: bool,
+    },
+    /// `get_replica_context` → how a replica connects to this primary.
+    ReplicaContext,
+    /// `make_read_only`.
+    MakeReadOnly(bool),
+    /// `enable_as_master`: make this server a writable primary able to feed replicas.
+    EnableAsMaster,
+    /// `demote_replication_master`: fence this primary until it is attached as a replica.
+    DemoteMaster,
+    /// `promote_to_replica_source`: promote this replica to a writable primary.
+    PromoteToReplicaSource,
+    /// `get_last_txn` → `[source, number]`.
+    LastTxn,
+    /// `wait_for_txn`: wait until this server has applied `txn`.
+    WaitForTxn {
+        /// The position to reach.
+        txn: Position,
+        /// How long to wait.
+        timeout: std::time::Duration,
+    },
+    /// `cleanup_source_on_replica_detach`: release what this source keeps for a replica.
+    CleanupReplica(String),
+    /// `backup_required_for_replication` → `false`: replicas seed themselves.
+    BackupRequiredForReplication,
 }
 
 impl Request {
@@ -149,6 +195,19 @@ impl Request {
         "apply_overrides",
         "reset_configuration",
         "start_db_with_conf_changes",
+        "get_replication_snapshot",
+        "attach_replica",
+        "attach_replication_slave",
+        "detach_replica",
+        "get_replica_context",
+        "make_read_only",
+        "enable_as_master",
+        "demote_replication_master",
+        "promote_to_replica_source",
+        "get_last_txn",
+        "wait_for_txn",
+        "cleanup_source_on_replica_detach",
+        "backup_required_for_replication",
     ];
 
     /// Parses `method` with its keyword arguments (a JSON object; `null` counts as `{}`).
@@ -283,6 +342,70 @@ impl Request {
                 Self::ResetConfiguration(c.config_contents)
             }
             "start_db_with_conf_changes" => Self::StartWithConfChanges(a.req("config_contents")?),
+            "get_replication_snapshot" => {
+                let info: Option<serde_json::Map<String, Value>> = a.opt("snapshot_info")?;
+                let info = info.unwrap_or_default();
+                let explicit: Option<String> = a.opt("replica_id")?;
+                let text = |k: &str| match info.get(k) {
+                    Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                };
+                // The replica's id, else the snapshot's, else a fresh one.
+                let replica_id = explicit
+                    .or_else(|| text("replica_id"))
+                    .or_else(|| text("id"))
+                    .or_else(|| text("name"))
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                Self::ReplicationSnapshot {
+                    replica_id,
+                    snapshot_id: info.get("id").cloned(),
+                }
+            }
+            "attach_replica" | "attach_replication_slave" => {
+                let key = if method == "attach_replica" {
+                    "replica_info"
+                } else {
+                    "snapshot"
+                };
+                let info: Value = a.req(key)?;
+                Self::AttachReplica(Box::new(replication::parse_source(method, key, &info)?))
+            }
+            "detach_replica" => Self::DetachReplica {
+                for_failover: a.opt("for_failover")?.unwrap_or(false),
+            },
+            "get_replica_context" => Self::ReplicaContext,
+            "make_read_only" => Self::MakeReadOnly(a.req("read_only")?),
+            "enable_as_master" => Self::EnableAsMaster,
+            "demote_replication_master" => Self::DemoteMaster,
+            "promote_to_replica_source" => Self::PromoteToReplicaSource,
+            "get_last_txn" => Self::LastTxn,
+            "wait_for_txn" => {
+                let txn: String = a.req("txn")?;
+                let secs: Option<u64> = a.opt("timeout")?;
+                let secs = secs.unwrap_or(WAIT_FOR_TXN_DEFAULT_SECS);
+                if !(1..=WAIT_FOR_TXN_MAX_SECS).contains(&secs) {
+                    return Err(a.err("timeout", "must be 1 to 86400 seconds"));
+                }
+                Self::WaitForTxn {
+                    txn: replication::parse_txn(method, &txn)?,
+                    timeout: std::time::Duration::from_secs(secs),
+                }
+            }
+            "cleanup_source_on_replica_detach" => {
+                let explicit: Option<String> = a.opt("replica_id")?;
+                let info: Option<Value> = a.opt("replica_info")?;
+                let from_info = info.as_ref().and_then(|i| {
+                    ["replica_id", "id", "name"]
+                        .iter()
+                        .find_map(|k| i.get(*k).and_then(Value::as_str).map(str::to_owned))
+                });
+                match explicit.or(from_info) {
+                    Some(id) => Self::CleanupReplica(id),
+                    None => return Err(a.err("replica_info", "must name the replica (id)")),
+                }
+            }
+            "backup_required_for_replication" => Self::BackupRequiredForReplication,
             _ => {
                 return Err(RpcError::UnknownMethod {
                     name: method.to_owned(),
@@ -300,7 +423,8 @@ impl Request {
             | Self::HwInfo
             | Self::Status
             | Self::GetOperation(_)
-            | Self::GetRootPassword => Access::Free,
+            | Self::GetRootPassword
+            | Self::BackupRequiredForReplication => Access::Free,
             Self::ListDatabases(_)
             | Self::GetUser(_)
             | Self::ListUsers(_)
@@ -309,7 +433,9 @@ impl Request {
             | Self::Diagnostics
             | Self::LatestTxnId
             | Self::GetPosition
-            | Self::ReachedPosition(_) => Access::Read,
+            | Self::ReachedPosition(_)
+            | Self::LastTxn
+            | Self::WaitForTxn { .. } => Access::Read,
             _ => Access::Write,
         }
     }
@@ -643,6 +769,84 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r, Request::ResetConfiguration(ref c) if c == "x=1"));
+    }
+
+    #[test]
+    fn replication_methods() {
+        let info = json!({"master": {"host": "127.0.0.1", "port": 5433},
+            "replica_conf": {"replication_user": {"name": "replicator", "password": "pw-1"},
+                             "log_position": {}, "slot_name": "ga_r1"}});
+        let r = Request::parse(
+            "attach_replica",
+            json!({"replica_info": info, "restart": true}),
+        )
+        .unwrap();
+        let Request::AttachReplica(src) = r else {
+            panic!("wrong variant")
+        };
+        assert_eq!((src.host.as_str(), src.port), ("127.0.0.1", 5433));
+        assert_eq!(src.extra["slot_name"], "ga_r1");
+        assert!(matches!(
+            Request::parse("attach_replication_slave", json!({"snapshot": info})),
+            Ok(Request::AttachReplica(_))
+        ));
+        let e =
+            Request::parse("attach_replica", json!({"replica_info": {"master": {}}})).unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "replica_info.master.host"),
+            "{e}"
+        );
+        let r = Request::parse(
+            "get_replication_snapshot",
+            json!({"snapshot_info": {"id": "b-1", "replica_number": 1}, "replica_source_config": ""}),
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Request::ReplicationSnapshot { ref replica_id, .. } if replica_id == "b-1")
+        );
+        let r = Request::parse("get_replication_snapshot", json!({"replica_id": "r2"})).unwrap();
+        assert!(
+            matches!(r, Request::ReplicationSnapshot { ref replica_id, .. } if replica_id == "r2")
+        );
+        let r = Request::parse("wait_for_txn", json!({"txn": "0/3000060", "timeout": 5})).unwrap();
+        assert!(matches!(
+            r,
+            Request::WaitForTxn { txn: Position::Lsn(_), timeout } if timeout.as_secs() == 5
+        ));
+        assert_eq!(r.access(), Access::Read);
+        for bad in [json!({"txn": "0/zz"}), json!({"txn": "0/1", "timeout": 0})] {
+            assert!(matches!(
+                Request::parse("wait_for_txn", bad),
+                Err(RpcError::InvalidArgs { .. })
+            ));
+        }
+        assert!(matches!(
+            Request::parse("detach_replica", json!({"for_failover": true})),
+            Ok(Request::DetachReplica { for_failover: true })
+        ));
+        assert!(matches!(
+            Request::parse("make_read_only", json!({"read_only": false})),
+            Ok(Request::MakeReadOnly(false))
+        ));
+        assert!(matches!(
+            Request::parse("cleanup_source_on_replica_detach", json!({"replica_info": {"id": "r1"}})),
+            Ok(Request::CleanupReplica(ref id)) if id == "r1"
+        ));
+        assert_eq!(
+            Request::parse("backup_required_for_replication", json!({}))
+                .unwrap()
+                .access(),
+            Access::Free
+        );
+        assert_eq!(
+            Request::parse("promote_to_replica_source", json!({}))
+                .unwrap()
+                .access(),
+            Access::Write
+        );
+        // The password never shows in a request's debug form.
+        let r = Request::parse("attach_replica", json!({"replica_info": info})).unwrap();
+        assert!(!format!("{r:?}").contains("pw-1"));
     }
 
     #[test]
