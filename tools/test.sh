@@ -16,6 +16,10 @@ fail() {
 step "setup (tools/setup.sh)"
 bash tools/setup.sh || fail "tools/setup.sh"
 
+step "object storage for the backup tests (tools/swift.sh start)"
+bash tools/swift.sh start || fail "tools/swift.sh start: OpenStack Swift (s3api) did not come up"
+trap 'bash tools/swift.sh stop >/dev/null 2>&1 || true' EXIT
+
 step "cargo fmt --all --check"
 cargo fmt --all --check || fail "formatting (run: cargo fmt --all)"
 
