@@ -480,3 +480,194 @@ impl MariaDirect {
         r
     }
 }
+
+/// One member of a MariaDB replication set: a server of its own with its own agent, driven
+/// over HTTPS with mutual TLS. Dropping it stops the agent, then the server.
+#[derive(Debug)]
+pub struct Member {
+    /// A name for messages (`primary`, `r1` ...).
+    pub name: String,
+    /// The server's `server_id` (given to the driver as an option).
+    pub server_id: u32,
+    /// The agent, while it runs (dropped first: SIGTERM).
+    pub agent: Option<Agent>,
+    /// A client of the agent.
+    pub client: RpcClient,
+    /// The server's environment (dropped after the agent: stops the server).
+    pub env: MariaEnv,
+}
+
+impl Member {
+    /// A member with `server_id`; its agent is not started yet.
+    pub fn new(name: &str, server_id: u32) -> Self {
+        let env = MariaEnv::with_options(json!({"server_id": server_id}));
+        Self {
+            name: name.to_owned(),
+            server_id,
+            agent: None,
+            client: env.client(),
+            env,
+        }
+    }
+
+    /// Starts the agent (the built debug binary, or `bin`) and waits until `/healthz`
+    /// answers.
+    pub async fn start_agent(&mut self, bin: Option<&Path>) {
+        let mut agent = match bin {
+            Some(b) => self.env.spawn_agent_bin(b),
+            None => Agent::spawn(&self.env.env, &self.env.config()),
+        };
+        agent.wait_healthz(&self.client).await;
+        self.agent = Some(agent);
+    }
+
+    /// Runs `prepare` and waits until the datastore is healthy.
+    pub async fn prepare(&self, args: Value) {
+        self.client.prepare(args).await;
+        self.client.wait_status("healthy").await;
+    }
+
+    /// Starts the agent and prepares the server.
+    pub async fn start_prepared(&mut self, bin: Option<&Path>, args: Value) {
+        self.start_agent(bin).await;
+        self.prepare(args).await;
+    }
+
+    /// The direct view of the server.
+    pub fn direct(&self) -> MariaDirect {
+        self.env.direct()
+    }
+
+    /// SIGKILL to the server and to its agent, as when the machine dies.
+    pub async fn crash(&mut self) {
+        self.env.kill_server();
+        if let Some(agent) = self.agent.as_mut() {
+            agent.signal(Signal::SIGKILL);
+            agent.wait_exit(Duration::from_secs(30)).await;
+        }
+    }
+}
+
+/// One GTID of MariaDB's `domain-server-sequence` form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gtid {
+    /// Replication domain.
+    pub domain: u32,
+    /// `server_id` of the server that wrote it.
+    pub server: u32,
+    /// Sequence number within the domain.
+    pub seq: u64,
+}
+
+/// Parses a MariaDB GTID position (`0-1-12,1-2-3`; empty is no position). Panics on
+/// anything else, naming the text.
+pub fn parse_gtid_pos(text: &str) -> Vec<Gtid> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|g| {
+            let parts: Vec<&str> = g.split('-').collect();
+            let parsed = match parts[..] {
+                [d, s, n] => d.parse().ok().zip(s.parse().ok()).zip(n.parse().ok()).map(
+                    |((domain, server), seq)| Gtid {
+                        domain,
+                        server,
+                        seq,
+                    },
+                ),
+                _ => None,
+            };
+            parsed.unwrap_or_else(|| panic!("not a MariaDB GTID position: {text:?}"))
+        })
+        .collect()
+}
+
+/// Whether position `a` holds everything of position `b` (per domain, a sequence number at
+/// least as high).
+pub fn gtid_reached(a: &[Gtid], b: &[Gtid]) -> bool {
+    b.iter().all(|want| {
+        a.iter()
+            .any(|have| have.domain == want.domain && have.seq >= want.seq)
+    })
+}
+
+/// Trove-shaped `snapshot_info` for `get_replication_snapshot` (the taskmanager's dict; the
+/// agent needs the replica's id from it).
+pub fn snapshot_info(replica_id: &str) -> Value {
+    json!({
+        "name": format!("Replication snapshot for {replica_id}"),
+        "description": "Backup image used to initialize replication slave",
+        "instance_id": "e2e-primary",
+        "parent_id": null,
+        "tenant_id": "e2e",
+        "state": "NEW",
+        "datastore_version_id": "e2e-mariadb-10.11",
+        "deleted": false,
+        "replica_number": 1,
+        "backup_info": {},
+        "storage_driver": "none",
+        "id": replica_id,
+        "datastore": "mariadb",
+        "datastore_version": "10.11",
+    })
+}
+
+/// The replication RPCs of one member, with Trove's argument names.
+impl Member {
+    /// `get_replication_snapshot` on a primary, for the replica `replica_id`.
+    pub async fn replication_snapshot(&self, replica_id: &str) -> Value {
+        self.client
+            .call(
+                "get_replication_snapshot",
+                json!({"snapshot_info": snapshot_info(replica_id), "replica_source_config": ""}),
+            )
+            .await
+    }
+
+    /// `attach_replica` with a snapshot or a replica context.
+    pub async fn attach_replica(&self, replica_info: &Value) {
+        self.client
+            .call(
+                "attach_replica",
+                json!({"replica_info": replica_info, "slave_config": "", "restart": false}),
+            )
+            .await;
+    }
+
+    /// `detach_replica`.
+    pub async fn detach_replica(&self, for_failover: bool) -> Value {
+        self.client
+            .call("detach_replica", json!({"for_failover": for_failover}))
+            .await
+    }
+
+    /// `get_replica_context` on a primary.
+    pub async fn replica_context(&self) -> Value {
+        self.client.call("get_replica_context", json!({})).await
+    }
+
+    /// `get_latest_txn_id`: the GTID position as text.
+    pub async fn latest_txn_id(&self) -> String {
+        let v = self.client.call("get_latest_txn_id", json!({})).await;
+        v.as_str()
+            .unwrap_or_else(|| panic!("{}: get_latest_txn_id is not a string: {v}", self.name))
+            .to_owned()
+    }
+
+    /// `get_latest_txn_id`, parsed.
+    pub async fn position(&self) -> Vec<Gtid> {
+        parse_gtid_pos(&self.latest_txn_id().await)
+    }
+
+    /// `wait_for_txn`.
+    pub async fn wait_for_txn(&self, txn: &str) {
+        self.client.call("wait_for_txn", json!({"txn": txn})).await;
+    }
+
+    /// `make_read_only`.
+    pub async fn make_read_only(&self, read_only: bool) {
+        self.client
+            .call("make_read_only", json!({"read_only": read_only}))
+            .await;
+    }
+}
