@@ -606,6 +606,20 @@ async fn configuration_overrides_through_the_agent() {
         "a refused override restarted the server"
     );
     c.wait_status("healthy").await;
+
+    // Removing the overrides (Trove's detach): the file no longer sets them; the running
+    // values stay until a restart, which is reported; after it the sized value is back.
+    let r = c
+        .call("update_overrides", json!({"overrides": {}, "remove": true}))
+        .await;
+    assert!(reports_restart_required(&r, "max_connections"), "{r}");
+    let file = std::fs::read_to_string(m.overrides_file()).unwrap_or_default();
+    assert!(!file.contains("max_connections"), "{file}");
+    assert_eq!(d.global("max_connections").await, "321");
+    c.call("restart", json!({})).await;
+    c.wait_status("healthy").await;
+    assert_eq!(d.global("max_connections").await, sized);
+    assert_eq!(d.global("innodb_log_buffer_size").await, log_buffer);
 }
 
 #[tokio::test]
