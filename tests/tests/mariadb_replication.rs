@@ -4,7 +4,9 @@
 //! with direct sessions. The primary's server and agent are killed; the most advanced
 //! replica without errant transactions is promoted and the other is re-pointed to it; every
 //! row the replicas received survives. A replica holding an errant transaction is refused as
-//! a promotion candidate with a clear error.
+//! a promotion candidate with a clear error. Trove's planned promote (old primary read-only,
+//! candidate waits, detach + `enable_as_master`, others re-pointed, old primary attached and
+//! demoted) switches the primary with every node replicating from the new one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -303,4 +305,73 @@ async fn replication_health(m: &Member) -> Value {
 /// Promotes `m` through its agent.
 async fn promote(m: &Member) {
     m.client.call("promote_to_replica_source", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trove_promote_flow_switches_the_primary() {
+    let mut primary = Member::new("primary", 201);
+    let mut r1 = Member::new("r1", 202);
+    let mut r2 = Member::new("r2", 203);
+    tokio::join!(
+        primary.start_prepared(None, primary_prepare()),
+        r1.start_prepared(None, replica_prepare()),
+        r2.start_prepared(None, replica_prepare()),
+    );
+    for r in [&r1, &r2] {
+        let snap = primary.replication_snapshot(&r.name).await;
+        r.attach_replica(&snap).await;
+    }
+    let pd = primary.direct();
+    let mut app = pd.login("app", APP_PASSWORD, Some("app")).await;
+    app.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40))")
+        .await
+        .unwrap();
+    let _ = app.disconnect().await;
+    insert(&pd, "app", APP_PASSWORD, &[(1, "one"), (2, "two")]).await;
+
+    // Trove's promote (a planned switchover to r1), step by step through the agents:
+    // 1. the old primary stops taking writes;
+    primary.make_read_only(true).await;
+    assert_read_only(&primary).await;
+    // 2-3. the candidate waits for the old primary's last transaction;
+    let txn = primary.latest_txn_id().await;
+    r1.wait_for_txn(&txn).await;
+    // 4. the candidate leaves its source and becomes a writable primary;
+    r1.detach_replica(true).await;
+    r1.client
+        .call("enable_as_master", json!({"replica_source_config": ""}))
+        .await;
+    r1.make_read_only(false).await;
+    insert(&r1.direct(), "app", APP_PASSWORD, &[(3, "three")]).await;
+    // 5. every other replica is re-pointed to it;
+    r2.detach_replica(true).await;
+    r2.attach_replica(&r1.replica_context().await).await;
+    // 6. the old primary becomes its replica.
+    primary.attach_replica(&r1.replica_context().await).await;
+    primary
+        .client
+        .call("demote_replication_master", json!({}))
+        .await;
+
+    insert(&r1.direct(), "app", APP_PASSWORD, &[(4, "four")]).await;
+    for m in [&r2, &primary] {
+        catch_up(m, &r1).await;
+        assert_eq!(
+            rows(&m.direct()).await,
+            ["1:one", "2:two", "3:three", "4:four"],
+            "{}",
+            m.name
+        );
+        assert_read_only(m).await;
+        assert_eq!(replication_health(m).await["role"], "replica", "{}", m.name);
+    }
+    assert_eq!(replication_health(&r1).await["role"], "primary");
+
+    // The demoted primary stays a read-only replica across a restart and keeps replicating.
+    primary.client.call("restart", json!({})).await;
+    primary.client.wait_status("healthy").await;
+    assert_read_only(&primary).await;
+    insert(&r1.direct(), "app", APP_PASSWORD, &[(5, "five")]).await;
+    catch_up(&primary, &r1).await;
+    assert_eq!(rows(&primary.direct()).await.len(), 5);
 }
