@@ -169,6 +169,9 @@ impl ManagedConf<'_> {
         s.push_str("max_replication_slots = 10\n");
         s.push_str("hot_standby = on\n");
         s.push_str("wal_log_hints = on\n");
+        // WAL kept back for pg_rewind (it reads this server's WAL from the last checkpoint
+        // before the histories split) and for replicas re-pointed without a slot yet.
+        s.push_str("wal_keep_size = '256MB'\n");
         s.push_str("recovery_target_timeline = 'latest'\n");
         if let Some(mem) = self.memory_mb {
             let z = Sizing::for_memory(mem);

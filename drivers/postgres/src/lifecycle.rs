@@ -35,7 +35,7 @@ const ADMIN_PASSWORD_LEN: usize = 40;
 /// Bound on `initdb`.
 const INITDB_TIMEOUT: Duration = Duration::from_secs(600);
 /// Pause between readiness checks while the server starts.
-const READY_POLL: Duration = Duration::from_millis(200);
+const READY_POLL: Duration = Duration::from_millis(50);
 /// Bound on the readiness query of `status`, so a hung server cannot stall a heartbeat.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of the server log's end is quoted when it fails to start.

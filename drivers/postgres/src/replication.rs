@@ -596,7 +596,7 @@ impl PgDriver {
                     after: STREAM_WAIT,
                 });
             }
-            tokio::time::sleep(POLL * 5).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -716,7 +716,13 @@ impl Replication for PgDriver {
         // Same history: rewind (a no-op unless it diverged); another cluster: seed afresh.
         if same_history {
             tracing::info!(host = %source.host, port = source.port, "Rewinding onto the source.");
-            self.rewind(source, &tool_passfile).await?;
+            if let Err(e) = self.rewind(source, &tool_passfile).await {
+                // pg_rewind needs this server's WAL back to the last checkpoint both servers
+                // share; when that is gone, a fresh copy is the only way (what it would have
+                // rewound away is lost either way).
+                tracing::warn!(error = %e, "pg_rewind could not rewind; seeding afresh.");
+                self.seed(source, &slot, &tool_passfile).await?;
+            }
         } else {
             tracing::info!(host = %source.host, port = source.port, "Seeding from the source.");
             self.seed(source, &slot, &tool_passfile).await?;

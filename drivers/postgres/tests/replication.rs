@@ -305,3 +305,49 @@ async fn read_only_primary_and_departed_replica_slot() {
     assert!(out.replication_user.is_none());
     probe.write_something().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_that_diverged_is_brought_back_in_line() {
+    let primary = Node::new("primary").await;
+    let r1 = Node::new("r1").await;
+    let p_probe = PgProbe::new(&primary.guard);
+    p_probe
+        .admin("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE failover_rows (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    insert(&p_probe, 0..5).await;
+    attach_to(&r1, &primary, "r1").await;
+    let target = primary.driver.position(&ctx("position")).await.unwrap();
+    r1.driver
+        .wait_for(&ctx("wait"), &target, CATCH_UP)
+        .await
+        .unwrap();
+
+    // Promoted while the old primary still runs and takes a write the new one never sees.
+    r1.driver.promote(&ctx("promote")).await.unwrap();
+    let r1_probe = PgProbe::new(&r1.guard);
+    insert(&r1_probe, 5..8).await;
+    insert(&p_probe, 100..101).await;
+    // A clean shutdown checkpoints, so the old primary's WAL from before the split may be
+    // gone: attach rewinds when it can and copies afresh when it cannot.
+    primary.driver.demote(&ctx("demote")).await.unwrap();
+    let context = r1.driver.replica_context(&ctx("context")).await.unwrap();
+    primary
+        .driver
+        .attach(&ctx("attach"), &context)
+        .await
+        .unwrap_or_else(|e| panic!("attach: {e}\n{}", primary.guard.layout().server_log()));
+    let target = r1.driver.position(&ctx("position")).await.unwrap();
+    primary
+        .driver
+        .wait_for(&ctx("wait"), &target, CATCH_UP)
+        .await
+        .unwrap();
+    let old = PgProbe::new(&primary.guard);
+    assert_eq!(rows(&old).await, (0..8).collect::<Vec<_>>());
+    assert!(old.write_something().await.is_err());
+    assert!(primary.position().await.is_replica);
+}
