@@ -13,6 +13,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -436,17 +437,40 @@ impl PgDriver {
     }
 
     /// Empties the data directory (the directory itself may be a mount point and stays).
+    ///
+    /// The old contents are moved into a directory beside it when the file system allows and
+    /// removed in the background, so the copy does not wait for the removal.
     fn clear_data_dir(&self) -> Result<()> {
+        let trash = self.data_dir.parent().and_then(|parent| {
+            let name = self.data_dir.file_name()?.to_string_lossy().into_owned();
+            let suffix = Password::generate(16).ok()?.expose().to_ascii_lowercase();
+            let dir = parent.join(format!(".{name}.replaced-{suffix}"));
+            fs::create_dir(&dir).ok()?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).ok()?;
+            Some(dir)
+        });
         let entries = fs::read_dir(&self.data_dir).map_err(io_err("reading", &self.data_dir))?;
         for entry in entries {
             let entry = entry.map_err(io_err("reading", &self.data_dir))?;
             let path = entry.path();
+            if let Some(t) = &trash
+                && fs::rename(&path, t.join(entry.file_name())).is_ok()
+            {
+                continue;
+            }
             let meta = fs::symlink_metadata(&path).map_err(io_err("inspecting", &path))?;
             if meta.is_dir() {
                 fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
             } else {
                 fs::remove_file(&path).map_err(io_err("removing", &path))?;
             }
+        }
+        if let Some(t) = trash {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = fs::remove_dir_all(&t) {
+                    tracing::warn!(path = %t.display(), error = %e, "Could not remove the replaced data.");
+                }
+            });
         }
         Ok(())
     }
@@ -504,7 +528,9 @@ impl PgDriver {
             passfile,
             Duration::from_secs(self.opts.basebackup_timeout_secs),
         )
-        .await
+        .await?;
+        tracing::info!("Base backup copied.");
+        Ok(())
     }
 
     /// Rewinds the (stopped) data directory onto `source`'s history; a no-op when it has not
@@ -703,7 +729,14 @@ impl Replication for PgDriver {
         }
         drop(src);
 
-        self.stop(ctx, StopMode::Fast).await?;
+        // Data about to be replaced by a copy needs no shutdown checkpoint; data about to be
+        // rewound is stopped cleanly, so pg_rewind need not recover it first.
+        let mode = if same_history {
+            StopMode::Fast
+        } else {
+            StopMode::Immediate
+        };
+        self.stop(ctx, mode).await?;
         let kept = self.keep_local_files()?;
         let tool_passfile = self.run_dir.join(TOOL_PASSFILE);
         write_file(
@@ -731,6 +764,7 @@ impl Replication for PgDriver {
         self.write_replica_role(source, &slot, owner.as_ref())?;
         self.store_replication_password(&source.password)?;
 
+        tracing::info!("Data in place; starting as a replica.");
         self.start_server(ctx).await?;
         self.wait_streaming(ctx).await?;
         self.drop_local_slots().await;
