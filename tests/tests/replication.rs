@@ -250,3 +250,43 @@ async fn primary_two_replicas_and_failover() {
     let d = primary.client.call("get_diagnostics", json!({})).await;
     assert_eq!(d["replication"]["role"], "replica", "{d}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepare_with_a_snapshot_makes_a_replica() {
+    let primary = Node::new("primary").await;
+    primary
+        .root()
+        .await
+        .batch_execute("CREATE TABLE failover_rows (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    primary.insert(0..3).await;
+    let snap = primary
+        .client
+        .call(
+            "get_replication_snapshot",
+            json!({"snapshot_info": {"id": "snap-1", "replica_id": "fresh"}}),
+        )
+        .await;
+
+    // Trove's replica creation: prepare carries the snapshot.
+    let env = TestEnv::new();
+    let _agent = env.start_agent().await;
+    let client = env.client();
+    let mut args = guest_agent_e2e::prepare_args();
+    args["snapshot"] = snap;
+    client.prepare(args).await;
+    client.wait_status("healthy").await;
+    let replica = Node {
+        name: "fresh",
+        env,
+        _agent,
+        client,
+    };
+    primary.insert(3..6).await;
+    replica.wait_for_txn(&primary.latest_txn().await).await;
+    assert_eq!(replica.rows().await, (0..6).collect::<Vec<_>>());
+    assert!(!replica.takes_writes().await);
+    let d = replica.client.call("get_diagnostics", json!({})).await;
+    assert_eq!(d["replication"]["role"], "replica", "{d}");
+}

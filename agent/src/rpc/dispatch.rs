@@ -188,8 +188,14 @@ impl Dispatcher {
                 self.run_locked(method, req, ctx).await
             }
             Access::Write => {
-                if let Request::Prepare(spec) = req {
-                    return self.start_prepare(*spec, ctx);
+                match req {
+                    Request::Prepare(spec) => return self.start_prepare(*spec, None, ctx),
+                    Request::PrepareReplica(spec, source) => {
+                        // Refused before anything runs when the driver cannot replicate.
+                        self.replication("prepare as replica")?;
+                        return self.start_prepare(*spec, Some(*source), ctx);
+                    }
+                    _ => {}
                 }
                 self.require_prepared("change")?;
                 let _guard = self.datastore.write().await;
@@ -248,6 +254,7 @@ impl Dispatcher {
     fn start_prepare(
         self: &Arc<Self>,
         spec: guest_agent_api::lifecycle::PrepareSpec,
+        source: Option<guest_agent_api::replication::ReplicationSource>,
         ctx: &RequestContext,
     ) -> Result<Value, RpcError> {
         match self.state.phase() {
@@ -277,7 +284,17 @@ impl Dispatcher {
         self.tasks.spawn(async move {
             let _guard = this.datastore.write().await;
             tracing::info!(operation = %id, "Prepare started.");
-            let outcome = this.driver.lifecycle().prepare(&op_ctx, &spec).await;
+            let mut outcome = this.driver.lifecycle().prepare(&op_ctx, &spec).await;
+            // A replica is prepared like any server, then seeded from its source.
+            if let (Ok(()), Some(source)) = (&outcome, &source) {
+                outcome = match this.driver.replication() {
+                    Some(r) => r.attach(&op_ctx, source).await,
+                    None => Err(DriverError::NotSupported {
+                        operation: "prepare as replica",
+                        driver: this.driver.info().name,
+                    }),
+                };
+            }
             let (state, marker) = match &outcome {
                 Ok(()) => {
                     tracing::info!(operation = %id, "Prepare finished.");

@@ -51,6 +51,9 @@ pub enum Request {
     Ping,
     /// `prepare`: initialise and start the datastore (a tracked long operation).
     Prepare(Box<PrepareSpec>),
+    /// `prepare` with a `snapshot`: prepare, then replicate from the snapshot's source (one
+    /// tracked operation).
+    PrepareReplica(Box<PrepareSpec>, Box<ReplicationSource>),
     /// `create_database`.
     CreateDatabases(Vec<DatabaseSpec>),
     /// `list_databases` → `[databases, next_marker]`.
@@ -228,7 +231,10 @@ impl Request {
         };
         let req = match method {
             "rpc_ping" => Self::Ping,
-            "prepare" => Self::Prepare(Box::new(a.prepare()?)),
+            "prepare" => match a.prepare()? {
+                (spec, None) => Self::Prepare(Box::new(spec)),
+                (spec, Some(source)) => Self::PrepareReplica(Box::new(spec), Box::new(source)),
+            },
             "create_database" => {
                 let dbs: Vec<WireDatabase> = a.req("databases")?;
                 Self::CreateDatabases(a.databases("databases", dbs)?)
@@ -625,7 +631,8 @@ impl Args<'_> {
         })
     }
 
-    fn prepare(&mut self) -> Result<PrepareSpec, RpcError> {
+    /// Prepare's arguments, and the source to replicate from when a `snapshot` came along.
+    fn prepare(&mut self) -> Result<(PrepareSpec, Option<ReplicationSource>), RpcError> {
         let memory_mb: Option<u64> = self.opt("memory_mb")?;
         let dbs: Option<Vec<WireDatabase>> = self.opt("databases")?;
         let databases = self.databases("databases", dbs.unwrap_or_default())?;
@@ -649,13 +656,10 @@ impl Args<'_> {
             }));
         }
         let snapshot: Option<Value> = self.opt("snapshot")?;
-        if snapshot.is_some() {
-            return Err(RpcError::Driver(DriverError::NotSupported {
-                operation: "prepare as replica",
-                driver: "agent",
-            }));
-        }
-        Ok(PrepareSpec {
+        let source = snapshot
+            .map(|s| replication::parse_source(self.method, "snapshot", &s))
+            .transpose()?;
+        let spec = PrepareSpec {
             memory_mb,
             databases,
             users: user_specs,
@@ -663,7 +667,8 @@ impl Args<'_> {
             config_contents,
             overrides: overrides.filter(|o| !o.is_empty()),
             ds_version,
-        })
+        };
+        Ok((spec, source))
     }
 }
 
@@ -893,6 +898,24 @@ mod tests {
         assert_eq!(spec.memory_mb, Some(2048));
         assert_eq!(spec.databases.len(), 1);
         assert!(spec.overrides.is_none());
+    }
+
+    #[test]
+    fn prepare_with_a_snapshot_prepares_a_replica() {
+        let snap = json!({"master": {"host": "127.0.0.1", "port": 5433},
+            "replica_conf": {"replication_user": {"name": "replicator", "password": "pw-1"},
+                             "slot_name": "ga_r1"}});
+        let r = Request::parse("prepare", json!({"memory_mb": 512, "snapshot": snap})).unwrap();
+        let Request::PrepareReplica(spec, source) = r else {
+            panic!("wrong variant")
+        };
+        assert_eq!(spec.memory_mb, Some(512));
+        assert_eq!(source.port, 5433);
+        let e = Request::parse("prepare", json!({"snapshot": {"master": {}}})).unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "snapshot.master.host"),
+            "{e}"
+        );
     }
 
     #[test]
