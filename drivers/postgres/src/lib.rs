@@ -1,15 +1,19 @@
 //! # guest-agent-postgres
 //!
 //! The PostgreSQL driver of guest-agent: it initialises a cluster with `initdb`, writes a
-//! managed configuration, runs the server through the agent's
-//! [`DatastoreRuntime`](guest_agent_api::runtime::DatastoreRuntime), and administers databases,
-//! users, grants and the `root` superuser with Trove's semantics.
+//! managed configuration sized from the instance's memory, runs the server through the
+//! agent's [`DatastoreRuntime`](guest_agent_api::runtime::DatastoreRuntime), administers
+//! databases, users, grants and the `root` superuser with Trove's semantics, applies
+//! configuration groups validated against rules shipped with the driver, and runs physical
+//! streaming replication (slots, `pg_basebackup`, `pg_promote`, `pg_rewind`).
 //!
 //! The driver talks to its own server over the Unix socket in the run directory as the
-//! `postgres` role, whose password is generated at prepare time and kept in a private file in
-//! the state directory ([`ADMIN_PASSWORD_FILE`]). Passwords of users are sent to the server
-//! only as SCRAM-SHA-256 verifiers computed here, so the plaintext never reaches the server or
-//! its logs.
+//! `postgres` role, admitted by the peer identity of the agent's OS account (mapped in
+//! `pg_ident.conf`), so it can administer a replica whose catalog came from its primary. The
+//! role's password, generated at prepare time and kept in a private file in the state
+//! directory ([`ADMIN_PASSWORD_FILE`]), is what TCP logins need. Passwords of users are sent
+//! to the server only as SCRAM-SHA-256 verifiers computed here, so the plaintext never
+//! reaches the server or its logs.
 //!
 //! ```no_run
 //! let mut registry = guest_agent_api::Registry::new();

@@ -775,7 +775,7 @@ impl Replication for PgDriver {
     async fn detach(&self, ctx: &OpContext, for_failover: bool) -> Result<DetachOutcome> {
         ctx.cancelled()?;
         if !self.in_recovery().await? {
-            // Not a replica; tidy a role file left from read-only mode only.
+            // Not a replica: nothing to detach from.
             return Ok(DetachOutcome::default());
         }
         self.promote(ctx).await?;
@@ -925,7 +925,7 @@ impl Replication for PgDriver {
     }
 }
 
-/// The byte lag `received` .. `applied` and both as positions, for health details.
+/// An LSN from the server's `X/Y` text, `None` for NULL or anything else.
 pub(crate) fn lsn_of(text: Option<&str>) -> Option<Lsn> {
     text.and_then(|t| t.parse().ok())
 }
