@@ -146,8 +146,9 @@ impl Connector {
             .dbname(dbname)
             .application_name("guest-agent")
             .connect_timeout(self.connect_timeout)
+            // A read-only primary (`make_read_only`) stays administrable by the driver.
             .options(format!(
-                "-c statement_timeout={} -c lock_timeout={}",
+                "-c default_transaction_read_only=off -c statement_timeout={} -c lock_timeout={}",
                 self.statement_timeout.as_millis(),
                 self.lock_timeout.as_millis()
             ));

@@ -293,6 +293,17 @@ async fn read_only_primary_and_departed_replica_slot() {
         .await
         .unwrap();
     assert!(probe.write_something().await.is_err());
+    // The driver itself still administers a read-only primary.
+    primary
+        .driver
+        .snapshot_for_replica(&ctx("snapshot"), "while-read-only")
+        .await
+        .unwrap();
+    primary
+        .driver
+        .forget_replica(&ctx("forget"), "while-read-only")
+        .await
+        .unwrap();
     primary
         .driver
         .set_read_only(&ctx("ro"), false)
