@@ -228,7 +228,10 @@ async fn primary_two_replicas_and_failover() {
     // Even started again before it is attached, it comes up read-only.
     primary.client.call("start_db", json!({})).await;
     primary.client.wait_status("healthy").await;
-    assert!(!primary.takes_writes().await, "a demoted primary took writes");
+    assert!(
+        !primary.takes_writes().await,
+        "a demoted primary took writes"
+    );
     primary
         .client
         .call("attach_replica", json!({"replica_info": context}))
