@@ -11,6 +11,7 @@
 //! `standby.signal`, so whatever starts it next brings it up read-only, in recovery; `attach`
 //! rewinds it onto the new primary's history before starting it as a replica.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -205,6 +206,46 @@ fn tool_failed(program: &Path, out: &guest_agent_api::runtime::CommandOutput) ->
         ),
         stderr_tail: out.stderr_text(),
     }
+}
+
+/// Settings a hot standby needs at least as high as its primary's, or it pauses recovery.
+const AT_LEAST_PRIMARY: &[&str] = &[
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_wal_senders",
+    "max_worker_processes",
+];
+
+/// Reads the [`AT_LEAST_PRIMARY`] settings over `client`.
+async fn standby_minimums(client: &Client) -> Result<BTreeMap<String, i64>> {
+    let names: Vec<String> = AT_LEAST_PRIMARY.iter().map(|s| (*s).to_owned()).collect();
+    let rows = client
+        .query(
+            "SELECT name::text, setting::bigint FROM pg_settings WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(stmt(None))?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(stmt(None))?,
+                r.try_get(1).map_err(stmt(None))?,
+            ))
+        })
+        .collect()
+}
+
+/// The settings of `source` that `local` has lower, as `name = value` lines.
+fn raised_settings(source: &BTreeMap<String, i64>, local: &BTreeMap<String, i64>) -> String {
+    let mut out = String::new();
+    for (name, want) in source {
+        if local.get(name).is_some_and(|have| have < want) {
+            out.push_str(&format!("{name} = {want}\n"));
+        }
+    }
+    out
 }
 
 /// The position this server has applied: replay LSN in recovery, insert LSN otherwise.
@@ -558,10 +599,14 @@ impl PgDriver {
 
     /// The replica's role files: its password file, `primary_conninfo` and
     /// `primary_slot_name`, and `standby.signal`.
+    ///
+    /// `raised` holds settings raised to the source's values (a standby needs some at least
+    /// as high as its primary's); they are dropped again at promotion.
     fn write_replica_role(
         &self,
         source: &ReplicationSource,
         slot: &str,
+        raised: &str,
         owner: Option<&Owner>,
     ) -> Result<()> {
         let passfile = self.data_dir.join(PASSFILE);
@@ -570,7 +615,7 @@ impl PgDriver {
         let text = format!(
             "# Managed by guest-agent: this server replicates from {}:{}.\n\
              primary_conninfo = {}\n\
-             primary_slot_name = {}\n",
+             primary_slot_name = {}\n{raised}",
             source.host,
             source.port,
             conf_string("primary_conninfo", &info)?,
@@ -720,6 +765,13 @@ impl Replication for PgDriver {
             .and_then(|r| r.try_get(0))
             .map_err(stmt(None))?;
         Self::ensure_slot(&src, &slot).await?;
+        // What this server runs with now, when it runs (a crashed old primary does not; it
+        // ran with its own primary's settings anyway).
+        let local_settings = match self.session.client().await {
+            Ok(c) => standby_minimums(&c).await.unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        let raised = raised_settings(&standby_minimums(&src).await?, &local_settings);
         let local_id = self.local_system_identifier().await?;
         let same_history = i64::from_ne_bytes(local_id.to_ne_bytes()) == source_id;
         if same_history {
@@ -761,7 +813,7 @@ impl Replication for PgDriver {
             self.seed(source, &slot, &tool_passfile).await?;
         }
         self.restore_local_files(&kept, owner.as_ref())?;
-        self.write_replica_role(source, &slot, owner.as_ref())?;
+        self.write_replica_role(source, &slot, &raised, owner.as_ref())?;
         self.store_replication_password(&source.password)?;
 
         tracing::info!("Data in place; starting as a replica.");
@@ -992,6 +1044,22 @@ mod tests {
         let mut s = source("h", 1, "x");
         s.extra.insert("slot_name".into(), json!("ga_x"));
         check_slot(s.extra["slot_name"].as_str().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn only_lower_settings_are_raised() {
+        let source: BTreeMap<String, i64> = [
+            ("max_connections".to_owned(), 120),
+            ("max_wal_senders".to_owned(), 10),
+        ]
+        .into();
+        let local: BTreeMap<String, i64> = [
+            ("max_connections".to_owned(), 50),
+            ("max_wal_senders".to_owned(), 20),
+        ]
+        .into();
+        assert_eq!(raised_settings(&source, &local), "max_connections = 120\n");
+        assert_eq!(raised_settings(&source, &BTreeMap::new()), "");
     }
 
     #[test]

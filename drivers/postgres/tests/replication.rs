@@ -362,3 +362,37 @@ async fn an_old_primary_that_diverged_is_brought_back_in_line() {
     assert!(old.write_something().await.is_err());
     assert!(primary.position().await.is_replica);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_runs_with_at_least_the_primarys_connection_limits() {
+    let spec = guest_agent_api::lifecycle::PrepareSpec {
+        overrides: Some(
+            serde_json::json!({"max_connections": 120})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+        ..small_spec()
+    };
+    let (driver, guard) = prepared(&spec).await;
+    let primary = Node {
+        name: "primary",
+        driver,
+        guard,
+    };
+    let r1 = Node::new("r1").await;
+    attach_to(&r1, &primary, "r1").await;
+    let probe = PgProbe::new(&r1.guard);
+    let c = probe.admin("postgres").await.unwrap();
+    let max: String = c
+        .query_one("SHOW max_connections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(max, "120");
+    let target = primary.driver.position(&ctx("position")).await.unwrap();
+    r1.driver
+        .wait_for(&ctx("wait"), &target, CATCH_UP)
+        .await
+        .unwrap();
+}
