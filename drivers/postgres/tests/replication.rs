@@ -122,7 +122,7 @@ async fn two_replicas_replay_then_fail_over_and_rewind_the_old_primary() {
     assert_eq!(rows(&r2_probe).await, (0..20).collect::<Vec<_>>());
     // With the primary idle, all three report the same position.
     let mut same = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         let p = primary.position().await.applied;
         let (a, b) = (r1.position().await.applied, r2.position().await.applied);
         if a == p && b == p {
