@@ -131,7 +131,8 @@ pub enum Request {
     /// `attach_replica` / `attach_replication_slave`: replicate from the source described by
     /// a snapshot or replica context.
     AttachReplica(Box<ReplicationSource>),
-    /// `detach_replica` → `{"replication_user": name|null}`.
+    /// `detach_replica` → `{"replication_user": name|null}`: stop replicating (for a
+    /// failover the server may stay read-only until promoted or attached).
     DetachReplica {
         /// Part of a failover (the replication account is kept).
         for_failover: bool,

@@ -830,8 +830,19 @@ impl Replication for PgDriver {
             // Not a replica: nothing to detach from.
             return Ok(DetachOutcome::default());
         }
+        if for_failover {
+            // Part of a failover: the server stops following its source but stays a
+            // read-only standby until it is promoted (enable_as_master) or attached to the
+            // new primary, so no second writable primary appears on the way.
+            for name in [ROLE_CONF_FILE, PASSFILE] {
+                remove_if_exists(&self.data_dir.join(name))?;
+            }
+            self.reload_and_wait(ctx).await?;
+            tracing::info!("Stopped following the source; read-only until promoted or attached.");
+            return Ok(DetachOutcome::default());
+        }
         self.promote(ctx).await?;
-        tracing::info!(for_failover, "Detached from the source: standalone now.");
+        tracing::info!("Detached from the source: standalone now.");
         // The replication role is shared by every replica of the set: never dropped here.
         Ok(DetachOutcome::default())
     }

@@ -183,7 +183,11 @@ async fn two_replicas_replay_then_fail_over_and_rewind_the_old_primary() {
             .exists()
     );
 
-    // The other replica follows the new primary.
+    // The other replica stops following the dead primary (staying read-only), then follows
+    // the new one.
+    other.driver.detach(&ctx("detach"), true).await.unwrap();
+    assert!(other.position().await.is_replica);
+    assert!(other_probe.write_something().await.is_err());
     let context = new_primary
         .driver
         .replica_context(&ctx("context"))
@@ -312,6 +316,15 @@ async fn read_only_primary_and_departed_replica_slot() {
     probe.write_something().await.unwrap();
     // Promoting a primary is a no-op; detaching one too.
     primary.driver.promote(&ctx("promote")).await.unwrap();
+    assert!(
+        primary
+            .driver
+            .detach(&ctx("detach"), true)
+            .await
+            .unwrap()
+            .replication_user
+            .is_none()
+    );
     let out = primary.driver.detach(&ctx("detach"), false).await.unwrap();
     assert!(out.replication_user.is_none());
     probe.write_something().await.unwrap();
@@ -395,4 +408,8 @@ async fn a_replica_runs_with_at_least_the_primarys_connection_limits() {
         .wait_for(&ctx("wait"), &target, CATCH_UP)
         .await
         .unwrap();
+    // Detached outside a failover, a replica becomes a standalone primary.
+    r1.driver.detach(&ctx("detach"), false).await.unwrap();
+    assert!(!r1.position().await.is_replica);
+    probe.write_something().await.unwrap();
 }
