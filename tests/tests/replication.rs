@@ -297,3 +297,93 @@ async fn prepare_with_a_snapshot_makes_a_replica() {
     let d = replica.client.call("get_diagnostics", json!({})).await;
     assert_eq!(d["replication"]["role"], "replica", "{d}");
 }
+
+/// Trove's planned promotion (taskmanager's promote flow, `trove.md` §8), step by step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trove_promote_flow() {
+    let master = Node::new("master").await;
+    let candidate = Node::new("candidate").await;
+    let other = Node::new("other").await;
+    master
+        .root()
+        .await
+        .batch_execute("CREATE TABLE failover_rows (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    master.insert(0..5).await;
+    attach(&candidate, &master).await;
+    attach(&other, &master).await;
+
+    // 1-3: the old master stops taking writes; the candidate catches up with it.
+    master
+        .client
+        .call("make_read_only", json!({"read_only": true}))
+        .await;
+    assert!(!master.takes_writes().await);
+    let txn = master.latest_txn().await;
+    candidate.wait_for_txn(&txn).await;
+    // 4: the candidate leaves its master and becomes the writable master.
+    let out = candidate
+        .client
+        .call("detach_replica", json!({"for_failover": true}))
+        .await;
+    assert_eq!(out, json!({"replication_user": null}));
+    assert!(
+        !candidate.takes_writes().await,
+        "detached for a failover but writable"
+    );
+    candidate
+        .client
+        .call("enable_as_master", json!({"replica_source_config": ""}))
+        .await;
+    candidate
+        .client
+        .call("make_read_only", json!({"read_only": false}))
+        .await;
+    assert!(candidate.takes_writes().await);
+    // 5: the other replica follows the new master.
+    let context = candidate
+        .client
+        .call("get_replica_context", json!({}))
+        .await;
+    other
+        .client
+        .call("detach_replica", json!({"for_failover": true}))
+        .await;
+    assert!(!other.takes_writes().await);
+    other
+        .client
+        .call(
+            "attach_replica",
+            json!({"replica_info": context.clone(), "slave_config": "", "restart": true}),
+        )
+        .await;
+    // 6: the old master follows it too, then is demoted.
+    master
+        .client
+        .call(
+            "attach_replica",
+            json!({"replica_info": context, "slave_config": "", "restart": false}),
+        )
+        .await;
+    master
+        .client
+        .call("demote_replication_master", json!({}))
+        .await;
+    assert!(!master.takes_writes().await);
+
+    candidate.insert(5..10).await;
+    let txn = candidate.latest_txn().await;
+    other.wait_for_txn(&txn).await;
+    master.wait_for_txn(&txn).await;
+    for n in [&candidate, &other, &master] {
+        assert_eq!(
+            n.rows().await,
+            (0..10).collect::<Vec<_>>(),
+            "rows on {}",
+            n.name
+        );
+        assert_eq!(n.client.service_status().await, "healthy", "{}", n.name);
+    }
+    assert!(!other.takes_writes().await && !master.takes_writes().await);
+}
