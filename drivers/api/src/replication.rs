@@ -62,6 +62,9 @@ pub trait Replication: Send + Sync {
     ///
     /// # Contract
     /// Idempotent: a server that does not replicate is left alone (no replication user then).
+    /// With `for_failover`, a datastore whose replicas cannot take writes may leave the server
+    /// read-only until [`Replication::promote`] or [`Replication::attach`], so that a failover
+    /// never has two writable primaries.
     async fn detach(&self, ctx: &OpContext, for_failover: bool) -> Result<DetachOutcome>;
 
     /// Promotes this replica to a writable primary.
