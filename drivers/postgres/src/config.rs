@@ -329,9 +329,52 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// The `include_if_exists` lines the managed file ends with.
+fn include_lines() -> Vec<String> {
+    [BASE_CONF_FILE, OVERRIDES_CONF_FILE, ROLE_CONF_FILE]
+        .iter()
+        .map(|f| format!("include_if_exists '{f}'"))
+        .collect()
+}
+
+/// `text` with the include lines it lacks appended, or `None` when it has them all.
+fn with_includes(text: &str) -> Option<String> {
+    let missing: Vec<String> = include_lines()
+        .into_iter()
+        .filter(|l| !text.lines().any(|t| t.trim() == l))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut out = text.to_owned();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for l in missing {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    Some(out)
+}
+
 impl PgDriver {
     fn overrides_path(&self) -> PathBuf {
         self.data_dir.join(OVERRIDES_CONF_FILE)
+    }
+
+    /// Makes sure the managed file includes the base, override and role files (a cluster
+    /// prepared by an earlier version of the driver lacks the lines).
+    pub(crate) fn ensure_includes(&self) -> Result<()> {
+        let path = self.data_dir.join(MANAGED_CONF_FILE);
+        let Some(text) = read_optional(&path)? else {
+            return Ok(());
+        };
+        if let Some(new) = with_includes(&text) {
+            let owner = self.owner()?;
+            write_file(&path, new.as_bytes(), 0o600, owner.as_ref())?;
+            tracing::info!("Added the include lines to the managed configuration file.");
+        }
+        Ok(())
     }
 
     /// Writes `values` as the managed override file.
@@ -447,6 +490,7 @@ impl PgDriver {
         ctx: &OpContext,
         values: &BTreeMap<ConfigKey, ConfigValue>,
     ) -> Result<ApplyOutcome> {
+        self.ensure_includes()?;
         let path = self.overrides_path();
         let previous = read_optional(&path)?;
         self.write_overrides(values)?;
@@ -542,6 +586,7 @@ impl ConfigApply for PgDriver {
             "Managed by guest-agent: tunables of the control plane's base configuration.",
             &values,
         )?;
+        self.ensure_includes()?;
         let owner = self.owner()?;
         write_file(
             &self.data_dir.join(BASE_CONF_FILE),
@@ -635,6 +680,23 @@ mod tests {
             ..conf
         };
         assert!(!no_mem.render().unwrap().contains("shared_buffers"));
+    }
+
+    #[test]
+    fn missing_include_lines_are_added_once() {
+        let old = "port = 5432\ninclude_if_exists 'guest-agent-base.conf'";
+        let new = with_includes(old).unwrap();
+        assert!(new.starts_with("port = 5432\ninclude_if_exists 'guest-agent-base.conf'\n"));
+        assert_eq!(new.matches("include_if_exists").count(), 3);
+        assert!(new.ends_with(&format!("include_if_exists '{ROLE_CONF_FILE}'\n")));
+        assert_eq!(with_includes(&new), None);
+        let current = ManagedConf {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 1,
+            socket_dir: Path::new("/run"),
+            memory_mb: None,
+        };
+        assert_eq!(with_includes(&current.render().unwrap()), None);
     }
 
     #[test]

@@ -813,6 +813,7 @@ impl Replication for PgDriver {
             self.seed(source, &slot, &tool_passfile).await?;
         }
         self.restore_local_files(&kept, owner.as_ref())?;
+        self.ensure_includes()?;
         self.write_replica_role(source, &slot, &raised, owner.as_ref())?;
         self.store_replication_password(&source.password)?;
 
@@ -901,6 +902,7 @@ impl Replication for PgDriver {
             });
         }
         let path = self.data_dir.join(ROLE_CONF_FILE);
+        self.ensure_includes()?;
         if read_only {
             let owner = self.owner()?;
             write_file(

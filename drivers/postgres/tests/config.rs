@@ -165,3 +165,25 @@ async fn prepare_sizes_memory_and_takes_overrides() {
         DatastoreStatus::Healthy
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_reach_a_cluster_prepared_without_include_lines() {
+    let (driver, guard) = prepared(&small_spec()).await;
+    let probe = PgProbe::new(&guard);
+    // As an earlier version of the driver wrote it: no include lines.
+    let managed = guard.layout().data_dir.join(MANAGED_CONF_FILE);
+    let text = std::fs::read_to_string(&managed).unwrap();
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("include_if_exists"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&managed, old).unwrap();
+    let v = driver
+        .validate(&set(serde_json::json!({"work_mem": "20MB"})))
+        .unwrap();
+    driver.apply(&ctx("apply"), &v).await.unwrap();
+    assert_eq!(show(&probe, "work_mem").await, "20MB");
+    let text = std::fs::read_to_string(&managed).unwrap();
+    assert_eq!(text.matches("include_if_exists").count(), 3, "{text}");
+}
