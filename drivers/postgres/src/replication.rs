@@ -813,6 +813,9 @@ impl Replication for PgDriver {
             self.seed(source, &slot, &tool_passfile).await?;
         }
         self.restore_local_files(&kept, owner.as_ref())?;
+        // The catalog (and so the admin role's password) may be the source's now: the
+        // driver's own login must be by peer identity, whatever an older hba file said.
+        self.write_access_files(owner.as_ref())?;
         self.ensure_includes()?;
         self.write_replica_role(source, &slot, &raised, owner.as_ref())?;
         self.store_replication_password(&source.password)?;
