@@ -296,6 +296,15 @@ async fn prepare_with_a_snapshot_makes_a_replica() {
     assert!(!replica.takes_writes().await);
     let d = replica.client.call("get_diagnostics", json!({})).await;
     assert_eq!(d["replication"]["role"], "replica", "{d}");
+    // The source keeps the replica's slot while it streams.
+    let r = primary
+        .client
+        .call_err(
+            "cleanup_source_on_replica_detach",
+            json!({"replica_info": {"replica_id": "fresh"}}),
+        )
+        .await;
+    r.assert_error(409, "InvalidState");
 }
 
 /// Trove's planned promotion (taskmanager's promote flow, `trove.md` §8), step by step.
