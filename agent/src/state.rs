@@ -1,10 +1,12 @@
 //! The agent's own persistent state: whether the datastore was prepared (marker files in the
 //! state directory, as Trove keeps `.guestagent.prepare.end`), and transient phases that
-//! override the datastore's own status (building, restarting).
+//! override the datastore's own status while an operation runs (building, restarting,
+//! promoting a replica).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use guest_agent_api::DatastoreStatus;
 use tokio::sync::Notify;
 
 /// Marker written when prepare starts.
@@ -32,7 +34,7 @@ pub enum Phase {
 pub struct AgentState {
     dir: PathBuf,
     phase: Mutex<Phase>,
-    restarting: Mutex<bool>,
+    transient: Mutex<Option<DatastoreStatus>>,
     /// Woken whenever the reportable status may have changed, so a heartbeat goes out at once.
     pub changed: Notify,
 }
@@ -53,7 +55,7 @@ impl AgentState {
         Self {
             dir: dir.to_owned(),
             phase: Mutex::new(phase),
-            restarting: Mutex::new(false),
+            transient: Mutex::new(None),
             changed: Notify::new(),
         }
     }
@@ -91,22 +93,39 @@ impl AgentState {
         r
     }
 
-    /// Whether a restart is running.
-    pub fn restarting(&self) -> bool {
-        self.restarting.lock().map(|r| *r).unwrap_or(false)
+    /// The status an operation in progress reports instead of the datastore's own.
+    pub fn transient(&self) -> Option<DatastoreStatus> {
+        self.transient.lock().ok().and_then(|t| *t)
     }
 
-    /// Sets or clears the restarting phase.
-    pub fn set_restarting(&self, on: bool) {
-        if let Ok(mut r) = self.restarting.lock() {
-            *r = on;
+    /// Reports `status` until the returned guard is dropped (when the operation ends, however
+    /// it ends).
+    pub fn enter(&self, status: DatastoreStatus) -> TransientGuard<'_> {
+        if let Ok(mut t) = self.transient.lock() {
+            *t = Some(status);
         }
         self.changed.notify_one();
+        TransientGuard { state: self }
     }
 
     /// Wakes the heartbeat loop (the datastore changed state under an operation).
     pub fn poke(&self) {
         self.changed.notify_one();
+    }
+}
+
+/// Clears the transient status on drop.
+#[derive(Debug)]
+pub struct TransientGuard<'a> {
+    state: &'a AgentState,
+}
+
+impl Drop for TransientGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.state.transient.lock() {
+            *t = None;
+        }
+        self.state.changed.notify_one();
     }
 }
 
@@ -139,5 +158,17 @@ mod tests {
         s.begin_prepare().unwrap();
         s.end_prepare(Ok(())).unwrap();
         assert_eq!(AgentState::load(d.path()).phase(), Phase::Prepared);
+    }
+
+    #[test]
+    fn transient_status_lasts_as_long_as_its_guard() {
+        let d = tempfile::tempdir().unwrap();
+        let s = AgentState::load(d.path());
+        assert_eq!(s.transient(), None);
+        {
+            let _g = s.enter(DatastoreStatus::PromotingReplica);
+            assert_eq!(s.transient(), Some(DatastoreStatus::PromotingReplica));
+        }
+        assert_eq!(s.transient(), None);
     }
 }

@@ -403,10 +403,8 @@ impl Dispatcher {
             }
             Request::IsRootEnabled => Value::Bool(admin.is_root_enabled(&c).await?),
             Request::Restart => {
-                self.state.set_restarting(true);
-                let r = d.lifecycle().restart(&c).await;
-                self.state.set_restarting(false);
-                r?;
+                let _restarting = self.state.enter(DatastoreStatus::Restarting);
+                d.lifecycle().restart(&c).await?;
                 Value::Null
             }
             Request::StopDb => {
@@ -521,6 +519,8 @@ impl Dispatcher {
             }
             Request::AttachReplica(source) => {
                 let r = self.replication("attach_replica")?;
+                // Attaching restarts (or re-seeds) the server: report that, not "shutdown".
+                let _attaching = self.state.enter(DatastoreStatus::Restarting);
                 let out = r.attach(c, &source).await;
                 self.state.poke();
                 null(out)
@@ -542,9 +542,14 @@ impl Dispatcher {
                     .set_read_only(c, ro)
                     .await,
             ),
-            Request::EnableAsMaster => null(self.replication("enable_as_master")?.promote(c).await),
+            Request::EnableAsMaster => {
+                let r = self.replication("enable_as_master")?;
+                let _promoting = self.state.enter(DatastoreStatus::PromotingReplica);
+                null(r.promote(c).await)
+            }
             Request::PromoteToReplicaSource => {
                 let r = self.replication("promote_to_replica_source")?;
+                let _promoting = self.state.enter(DatastoreStatus::PromotingReplica);
                 let out = r.promote(c).await;
                 self.state.poke();
                 null(out)
@@ -587,7 +592,7 @@ impl Dispatcher {
             Phase::New => DatastoreStatus::New,
             Phase::Building => DatastoreStatus::Building,
             Phase::Failed(_) => DatastoreStatus::FailedToSpawn,
-            Phase::Prepared if self.state.restarting() => DatastoreStatus::Restarting,
+            Phase::Prepared if let Some(t) = self.state.transient() => t,
             Phase::Prepared => {
                 self.driver
                     .lifecycle()
