@@ -89,6 +89,17 @@ pub trait Replication: Send + Sync {
     /// This server's own view of its position, read for choosing a promotion candidate.
     async fn node_position(&self, ctx: &OpContext) -> Result<NodePosition>;
 
+    /// What this server applied from its source's stream, without its own (errant) writes:
+    /// Trove's `get_last_txn` ranks replicas by it when ejecting a primary, so a replica with
+    /// errant transactions does not look more advanced than the others for them.
+    ///
+    /// # Contract
+    /// The default is [`NodePosition::applied`], right for datastores whose replicas cannot
+    /// write.
+    async fn received_position(&self, ctx: &OpContext) -> Result<Position> {
+        Ok(self.node_position(ctx).await?.applied)
+    }
+
     /// On a source: releases what it keeps for the replica `replica_id` (named at
     /// [`Replication::snapshot_for_replica`]) once that replica is gone, such as a
     /// PostgreSQL replication slot that would otherwise retain WAL forever.

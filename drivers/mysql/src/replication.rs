@@ -38,6 +38,9 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 const STATUS_POLL: Duration = Duration::from_millis(200);
 /// Slack on top of a server-side wait before the client gives up on the session.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// File in the state directory marking a server detached for a failover and not promoted
+/// since: what it wrote itself is still errant then.
+const FAILOVER_MARKER: &str = "mysql-detached-for-failover";
 
 /// What `SHOW SLAVE STATUS` / `SHOW REPLICA STATUS` says, in flavour-neutral names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub(crate) struct ReplicaStatus {
     pub(crate) source_user: String,
     /// The source's host.
     pub(crate) source_host: String,
+    /// The source's `server_id` (MariaDB) or `server_uuid` (MySQL), empty when unknown.
+    pub(crate) source_server: String,
 }
 
 impl ReplicaStatus {
@@ -105,6 +110,11 @@ pub(crate) async fn replica_status(s: &mut Session) -> Result<Option<ReplicaStat
         last_sql_error: text(&["Last_SQL_Error"]),
         source_user: text(&["Master_User", "Source_User"]),
         source_host: text(&["Master_Host", "Source_Host"]),
+        source_server: if s.server.is_mariadb() {
+            text(&["Master_Server_Id", "Source_Server_Id"])
+        } else {
+            text(&["Master_UUID", "Source_UUID"])
+        },
     }))
 }
 
@@ -218,11 +228,41 @@ impl MySqlDriver {
         s.exec(reset, None).await
     }
 
+    fn failover_marker(&self) -> std::path::PathBuf {
+        self.state_dir.join(FAILOVER_MARKER)
+    }
+
+    /// Marks (or unmarks) the server as detached for a failover and not promoted since.
+    fn mark_failover_detached(&self, detached: bool) -> Result<()> {
+        let path = self.failover_marker();
+        if detached {
+            write_file(&path, b"detached for a failover\n", 0o600, None)
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io(format!("removing {}", path.display()), e))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Whether the server replicates, or was detached for a failover and not promoted since:
+    /// what it wrote itself then is errant.
+    fn replicates_or_fenced(&self, is_replica: bool) -> bool {
+        is_replica || self.failover_marker().exists()
+    }
+
     /// The node's position and errant transactions.
+    ///
+    /// Counted while the server replicates, and after a detach for a failover until it is
+    /// promoted or attached again (a primary's own writes are not errant). MariaDB: what the
+    /// binary log holds beyond `gtid_slave_pos`, which survives the detach. MySQL: the
+    /// transactions carrying this server's `server_uuid`.
     async fn read_node_position(&self, s: &mut Session) -> Result<NodePosition> {
         let executed = applied(s).await?;
         let is_replica = replica_status(s).await?.is_some();
-        let errant = if !is_replica {
+        let errant = if !self.replicates_or_fenced(is_replica) {
             GtidSet::default()
         } else if s.server.is_mariadb() {
             executed.errant_against(&slave_pos(s).await?)
@@ -319,6 +359,7 @@ impl Replication for MySqlDriver {
         self.apply_read_only(&mut s, true).await?;
         self.persist_read_only(&s, true)?;
         self.stop_and_reset(&mut s).await?;
+        self.mark_failover_detached(false)?;
         if s.server.is_mariadb() {
             // slave_pos is where the replica asks the source to start. Without a snapshot
             // position it is everything this server has applied (its binary log includes what
@@ -389,8 +430,18 @@ impl Replication for MySqlDriver {
             .await?;
             s.exec("SET SESSION sql_log_bin = 1", None).await?;
         }
-        self.apply_read_only(&mut s, false).await?;
-        self.persist_read_only(&s, false)?;
+        if for_failover {
+            // Fenced until promoted or attached: a candidate with errant transactions must be
+            // refused by the promotion, not written to by the application in between.
+            self.apply_read_only(&mut s, true).await?;
+            self.persist_read_only(&s, true)?;
+            self.mark_failover_detached(true)?;
+        } else {
+            // Standalone for good: what it writes from now on is its own, not errant.
+            self.apply_read_only(&mut s, false).await?;
+            self.persist_read_only(&s, false)?;
+            self.mark_failover_detached(false)?;
+        }
         s.close().await;
         tracing::info!(source = %status.source_host, for_failover, "Detached from the source.");
         Ok(DetachOutcome {
@@ -416,6 +467,7 @@ impl Replication for MySqlDriver {
         if node.is_replica {
             self.stop_and_reset(&mut s).await?;
         }
+        self.mark_failover_detached(false)?;
         self.apply_read_only(&mut s, false).await?;
         self.persist_read_only(&s, false)?;
         s.close().await;
@@ -502,6 +554,35 @@ impl Replication for MySqlDriver {
         let node = self.read_node_position(&mut s).await?;
         s.close().await;
         Ok(node)
+    }
+
+    async fn received_position(&self, ctx: &OpContext) -> Result<Position> {
+        ctx.cancelled()?;
+        let mut s = self.connector.connect().await?;
+        let status = replica_status(&mut s).await?;
+        let node = self.read_node_position(&mut s).await?;
+        let received = if s.server.is_mariadb() {
+            // Trove: the source's Master_Server_Id entry of gtid_slave_pos.
+            let slave = slave_pos(&mut s).await?;
+            let from_source = status
+                .as_ref()
+                .filter(|st| !st.source_server.is_empty())
+                .map(|st| slave.originated_by(&st.source_server))
+                .filter(|g| !g.is_empty());
+            match from_source {
+                Some(g) => g,
+                None if self.replicates_or_fenced(node.is_replica) && !slave.is_empty() => slave,
+                None => gtid_of("applied", &node.applied)?.clone(),
+            }
+        } else {
+            let executed = gtid_of("applied", &node.applied)?;
+            match &node.errant {
+                Some(Position::Gtid(errant)) => executed.errant_against(errant),
+                _ => executed.clone(),
+            }
+        };
+        s.close().await;
+        Ok(Position::Gtid(received))
     }
 }
 

@@ -271,3 +271,109 @@ async fn failover_promotes_the_most_advanced_clean_replica() {
         "the application account came through replication"
     );
 }
+
+/// Trove's own promotion path: `detach(for_failover)`, then `promote` (`enable_as_master`).
+/// The detach must not hide a replica's errant transactions: the promotion is refused naming
+/// them and the server stays read-only; a clean replica detached the same way is promoted,
+/// and what it writes as the new primary is not errant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_errant_replica_detached_for_a_failover_is_refused_promotion() {
+    let (primary, clean, errant) =
+        tokio::join!(Instance::start(), Instance::start(), Instance::start());
+    let app_pw = Password::new("App-pw-2").unwrap();
+    let app = UserSpec {
+        name: UserName::new("app").unwrap(),
+        host: HostPattern::any(),
+        password: app_pw.clone(),
+        databases: vec![DbName::new("app").unwrap()],
+    };
+    primary
+        .probe()
+        .admin_exec(
+            "CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(20)); \
+             INSERT INTO app.t VALUES (1, 'one')",
+        )
+        .await
+        .unwrap();
+    primary
+        .driver
+        .admin()
+        .create_users(&ctx("create_users"), &[app])
+        .await
+        .unwrap();
+    attach(&clean, &primary).await;
+    attach(&errant, &primary).await;
+    catch_up(&clean, &primary).await;
+    catch_up(&errant, &primary).await;
+    let primary_pos = position(&primary).await;
+
+    // The administrative account is not stopped by read_only.
+    errant
+        .probe()
+        .admin_exec("INSERT INTO app.t VALUES (99, 'errant')")
+        .await
+        .unwrap();
+    let before = node(&errant).await;
+    assert!(before.is_replica && before.has_errant(), "{before:?}");
+    let errant_text = before.errant.as_ref().unwrap().to_string();
+    // What it received from its source is the primary's position, not its own write.
+    let received = repl(&errant)
+        .received_position(&ctx("received"))
+        .await
+        .unwrap();
+    assert_eq!(received, primary_pos);
+
+    // The primary is gone; Trove detaches the candidate for the failover.
+    primary.kill().unwrap();
+    repl(&errant).detach(&ctx("detach"), true).await.unwrap();
+    let after = node(&errant).await;
+    assert!(!after.is_replica, "{after:?}");
+    assert_eq!(
+        after.errant.as_ref().map(ToString::to_string).as_deref(),
+        Some(errant_text.as_str()),
+        "the detach hid the errant transactions: {after:?}"
+    );
+    let e = repl(&errant).promote(&ctx("promote")).await.unwrap_err();
+    match &e {
+        Error::InvalidState { operation, reason } => {
+            assert_eq!(*operation, "promote");
+            assert!(
+                reason.contains("errant") && reason.contains(&errant_text),
+                "{reason}"
+            );
+        }
+        other => panic!("promote of a detached errant replica: {other:?}"),
+    }
+    // Still fenced: the application cannot write on it.
+    let e = errant
+        .probe()
+        .write_as("app", app_pw.expose(), "app")
+        .await
+        .unwrap_err();
+    assert!(e.contains("read-only") || e.contains("read_only"), "{e}");
+    assert!(node(&errant).await.has_errant());
+
+    // The clean replica goes the same way and is promoted.
+    repl(&clean).detach(&ctx("detach"), true).await.unwrap();
+    let n = node(&clean).await;
+    assert!(!n.is_replica && !n.has_errant(), "{n:?}");
+    let e = clean
+        .probe()
+        .write_as("app", app_pw.expose(), "app")
+        .await
+        .unwrap_err();
+    assert!(e.contains("read-only") || e.contains("read_only"), "{e}");
+    repl(&clean).promote(&ctx("promote")).await.unwrap();
+    clean
+        .probe()
+        .write_as("app", app_pw.expose(), "app")
+        .await
+        .unwrap();
+    let n = node(&clean).await;
+    assert!(
+        !n.is_replica && !n.has_errant(),
+        "a primary's writes are not errant: {n:?}"
+    );
+    // Promoting again is harmless.
+    repl(&clean).promote(&ctx("promote")).await.unwrap();
+}
