@@ -166,7 +166,8 @@ impl App {
         let driver = registry().build(settings).await?;
         let state = Arc::new(AgentState::load(state_dir));
         let metrics = Arc::new(Metrics::default());
-        let dispatcher = Arc::new(Dispatcher::new(driver, state, metrics));
+        let dispatcher =
+            Arc::new(Dispatcher::new(driver, state, metrics).with_manager(&ds.manager));
         let control_plane: Arc<dyn ControlPlane> = match config.control_plane.kind {
             ControlPlaneKind::None => Arc::new(LogControlPlane),
             ControlPlaneKind::Http => match &config.control_plane.http {

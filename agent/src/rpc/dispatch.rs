@@ -57,12 +57,15 @@ pub struct Dispatcher {
     /// Cancels driver work when the shutdown grace runs out.
     cancel: CancellationToken,
     data_dir: PathBuf,
+    /// The Trove manager the driver was built for (`mariadb`, `mysql` ...).
+    manager: String,
 }
 
 impl Dispatcher {
     /// A dispatcher for `driver`.
     pub fn new(driver: Arc<dyn Driver>, state: Arc<AgentState>, metrics: Arc<Metrics>) -> Self {
         let data_dir = driver.info().data_dir.clone();
+        let manager = driver.info().name.to_owned();
         Self {
             driver,
             state,
@@ -73,7 +76,16 @@ impl Dispatcher {
             accepting: AtomicBool::new(true),
             cancel: CancellationToken::new(),
             data_dir,
+            manager,
         }
+    }
+
+    /// Names the Trove manager the driver was built for (reported as a snapshot's
+    /// `dataset.datastore_manager`); the driver's name until set.
+    #[must_use]
+    pub fn with_manager(mut self, manager: impl Into<String>) -> Self {
+        self.manager = manager.into();
+        self
     }
 
     /// The driver.
@@ -441,6 +453,7 @@ impl Dispatcher {
             | Request::PromoteToReplicaSource
             | Request::DemoteMaster
             | Request::LastTxn
+            | Request::NodePosition
             | Request::WaitForTxn { .. }
             | Request::CleanupReplica(_)) => {
                 return self.run_replication_or_config(method, other, &c).await;
@@ -512,7 +525,7 @@ impl Dispatcher {
                 let sizes = dataset_sizes(&self.data_dir);
                 Ok(super::replication::snapshot_json(
                     &snap,
-                    d.info().name,
+                    &self.manager,
                     snapshot_id.as_ref(),
                     sizes,
                 ))
@@ -561,14 +574,26 @@ impl Dispatcher {
                 null(out)
             }
             Request::LastTxn => {
-                let node = self.replication("get_last_txn")?.node_position(c).await?;
-                super::replication::last_txn_json(&node).ok_or_else(|| {
+                // What came from the source's stream: an errant replica must not win the
+                // choice of the most advanced replica by its own writes.
+                let received = self
+                    .replication("get_last_txn")?
+                    .received_position(c)
+                    .await?;
+                super::replication::last_txn_json(&received).ok_or_else(|| {
                     DriverError::NotSupported {
                         operation: "get_last_txn",
                         driver: d.info().name,
                     }
                     .into()
                 })
+            }
+            Request::NodePosition => {
+                let node = self
+                    .replication("get_node_position")?
+                    .node_position(c)
+                    .await?;
+                serde_json::to_value(node).map_err(|e| RpcError::Internal(e.to_string()))
             }
             Request::WaitForTxn { txn, timeout } => null(
                 self.replication("wait_for_txn")?

@@ -149,6 +149,9 @@ pub enum Request {
     PromoteToReplicaSource,
     /// `get_last_txn` → `[source, number]`.
     LastTxn,
+    /// `get_node_position` (extension) → `{"applied", "is_replica", "errant"}`: this node's
+    /// position and its errant transactions, for choosing a promotion candidate.
+    NodePosition,
     /// `wait_for_txn`: wait until this server has applied `txn`.
     WaitForTxn {
         /// The position to reach.
@@ -209,6 +212,7 @@ impl Request {
         "demote_replication_master",
         "promote_to_replica_source",
         "get_last_txn",
+        "get_node_position",
         "wait_for_txn",
         "cleanup_source_on_replica_detach",
         "backup_required_for_replication",
@@ -387,6 +391,7 @@ impl Request {
             "demote_replication_master" => Self::DemoteMaster,
             "promote_to_replica_source" => Self::PromoteToReplicaSource,
             "get_last_txn" => Self::LastTxn,
+            "get_node_position" => Self::NodePosition,
             "wait_for_txn" => {
                 let txn: String = a.req("txn")?;
                 let secs: Option<u64> = a.opt("timeout")?;
@@ -442,6 +447,7 @@ impl Request {
             | Self::GetPosition
             | Self::ReachedPosition(_)
             | Self::LastTxn
+            | Self::NodePosition
             | Self::WaitForTxn { .. } => Access::Read,
             _ => Access::Write,
         }

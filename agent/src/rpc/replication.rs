@@ -8,7 +8,7 @@
 
 use guest_agent_api::ident::{Password, UserName};
 use guest_agent_api::position::{GtidSet, Lsn, Position};
-use guest_agent_api::replication::{NodePosition, ReplicaSnapshot, ReplicationSource};
+use guest_agent_api::replication::{ReplicaSnapshot, ReplicationSource};
 use serde_json::{Map, Value, json};
 
 use super::RpcError;
@@ -183,8 +183,8 @@ pub(crate) fn parse_txn(method: &str, text: &str) -> Result<Position, RpcError> 
 /// Trove's `get_last_txn`: `[source, number]`. For an LSN the source is `null` and the
 /// number the LSN as an integer (ordered like the LSN, so Trove's eject picks the most
 /// advanced replica); for a MariaDB position with one domain, `[server_id, sequence]`.
-pub(crate) fn last_txn_json(node: &NodePosition) -> Option<Value> {
-    match &node.applied {
+pub(crate) fn last_txn_json(position: &Position) -> Option<Value> {
+    match position {
         Position::Lsn(l) => Some(json!([null, l.0])),
         Position::Gtid(g) => {
             let mut entries = g.mariadb_entries();
@@ -302,23 +302,16 @@ mod tests {
             Position::Gtid(_)
         ));
         assert!(parse_txn("wait_for_txn", "0/zz").is_err());
-        let node = |p| NodePosition {
-            applied: p,
-            is_replica: true,
-            errant: None,
-        };
         assert_eq!(
-            last_txn_json(&node(Position::Lsn(Lsn(42)))),
+            last_txn_json(&Position::Lsn(Lsn(42))),
             Some(json!([null, 42]))
         );
         assert_eq!(
-            last_txn_json(&node(Position::Gtid(GtidSet::parse("0-2-9").unwrap()))),
+            last_txn_json(&Position::Gtid(GtidSet::parse("0-2-9").unwrap())),
             Some(json!(["2", 9]))
         );
         assert_eq!(
-            last_txn_json(&node(Position::Gtid(
-                GtidSet::parse("0-2-9,1-3-4").unwrap()
-            ))),
+            last_txn_json(&Position::Gtid(GtidSet::parse("0-2-9,1-3-4").unwrap())),
             None
         );
     }
