@@ -4,7 +4,9 @@
 //! with direct sessions. The primary's server and agent are killed; the most advanced
 //! replica without errant transactions is promoted and the other is re-pointed to it; every
 //! row the replicas received survives. A replica holding an errant transaction is refused as
-//! a promotion candidate with a clear error. Trove's planned promote (old primary read-only,
+//! a promotion candidate with a clear error, also after a detach for the failover; its
+//! `get_node_position` names the errant set and its `get_last_txn` counts only what it
+//! received from its source. Trove's planned promote (old primary read-only,
 //! candidate waits, detach + `enable_as_master`, others re-pointed, old primary attached and
 //! demoted) switches the primary with every node replicating from the new one.
 
@@ -126,6 +128,12 @@ async fn primary_two_replicas_failover_and_errant_candidate() {
         assert_eq!(
             snap.pointer("/master/host").and_then(Value::as_str),
             Some("127.0.0.1"),
+            "{snap}"
+        );
+        assert_eq!(
+            snap.pointer("/dataset/datastore_manager")
+                .and_then(Value::as_str),
+            Some("mariadb"),
             "{snap}"
         );
         let user = replication_user(&snap);
@@ -292,6 +300,64 @@ async fn primary_two_replicas_failover_and_errant_candidate() {
         1,
         "the refused candidate stopped replicating"
     );
+
+    // A control plane reads every node's errant transactions with get_node_position.
+    let node = other.client.call("get_node_position", json!({})).await;
+    assert_eq!(
+        (&node["is_replica"], &node["errant"]),
+        (&json!(true), &json!({"kind": "gtid", "value": errant_text})),
+        "{node}"
+    );
+    let clean = new_primary
+        .client
+        .call("get_node_position", json!({}))
+        .await;
+    assert_eq!(
+        (&clean["is_replica"], &clean["errant"]["value"]),
+        (&json!(false), &json!("")),
+        "{clean}"
+    );
+    // Trove's eject ranks replicas by get_last_txn: the errant replica reports what it
+    // received from its source, not its own later write, so it does not rank first.
+    let source_pos = new_primary.position().await;
+    let last = other.client.call("get_last_txn", json!({})).await;
+    assert_eq!(
+        last,
+        json!([new_primary.server_id.to_string(), source_pos[0].seq]),
+        "get_last_txn of the errant replica (its own write is {errant_text})"
+    );
+    assert!(
+        last[1].as_u64() < Some(errant[0].seq),
+        "{last} ranks above the errant write {errant_text}"
+    );
+
+    // Trove's own promotion path: detach for the failover, then enable_as_master. The
+    // detach must not hide the errant transaction.
+    other.detach_replica(true).await;
+    let node = other.client.call("get_node_position", json!({})).await;
+    assert_eq!(
+        (&node["is_replica"], &node["errant"]),
+        (
+            &json!(false),
+            &json!({"kind": "gtid", "value": errant_text})
+        ),
+        "{node}"
+    );
+    for method in ["enable_as_master", "promote_to_replica_source"] {
+        let refused = other
+            .client
+            .call_err(method, json!({"replica_source_config": ""}))
+            .await;
+        assert_eq!(refused.status, 409, "{method}: {}", refused.body);
+        let msg = refused.error_message().unwrap_or_default();
+        assert!(
+            msg.contains("errant") && msg.contains(&errant_text),
+            "{method} after detach does not name {errant_text}: {}",
+            refused.body
+        );
+    }
+    // Still fenced: the application cannot write on the refused candidate.
+    assert_read_only(other).await;
 }
 
 /// `get_diagnostics().replication` of a member.
