@@ -3,8 +3,8 @@
 //! The one crate a datastore driver author depends on: the [`Driver`] trait and its operation
 //! groups ([`Lifecycle`], [`Admin`], [`ConfigApply`], [`Health`], [`Replication`],
 //! [`BackupHooks`]), validated identifier types ([`ident`]), typed positions ([`position`]),
-//! the [`Registry`] that maps Trove manager names to drivers, and the [`runtime`] that runs the
-//! datastore server.
+//! the [`Registry`] that maps Trove manager names to drivers, the [`runtime`] that runs the
+//! datastore server, and [`fsutil`], safe file handling for a datastore's OS user.
 //!
 //! A driver implements every group; operations a datastore cannot do return
 //! [`Error::NotSupported`] and are left out of [`Capabilities`]. The conformance kit
@@ -34,6 +34,7 @@ pub mod config;
 pub mod context;
 pub mod driver;
 pub mod error;
+pub mod fsutil;
 pub mod health;
 pub mod ident;
 pub mod lifecycle;

@@ -25,12 +25,12 @@ use guest_agent_api::admin::check_charset;
 use guest_agent_api::config::{
     ApplyOutcome, ConfigApply, ConfigValue, Overrides, ValidatedOverrides,
 };
+use guest_agent_api::fsutil::write_file;
 use guest_agent_api::ident::ConfigKey;
 use guest_agent_api::{Error, OpContext, Result};
 use serde_json::Value;
 
 use crate::error::Subject;
-use crate::lifecycle::write_file;
 use crate::sql::{Flavor, ServerVersion, Session, quote_string};
 use crate::{CONF_D, MySqlDriver, OVERRIDES_FILE};
 

@@ -1,10 +1,9 @@
 //! Health: liveness from the runtime, readiness from `SELECT 1`, details from the server's
 //! status counters and replica status, and the GTID position.
 
-use std::path::Path;
-
 use async_trait::async_trait;
-use guest_agent_api::health::{DiskUsage, Health, HealthDetails, ReplicationHealth};
+use guest_agent_api::fsutil::disk_usage;
+use guest_agent_api::health::{Health, HealthDetails, ReplicationHealth};
 use guest_agent_api::position::Position;
 use guest_agent_api::runtime::ServerState;
 use guest_agent_api::{Error, OpContext, Result};
@@ -14,22 +13,6 @@ use crate::MySqlDriver;
 use crate::error::stmt;
 use crate::position::applied;
 use crate::replication::replica_status;
-
-/// Disk use of the file system holding `path`.
-// `c_ulong` and `fsblkcnt_t` are narrower than `u64` on some targets.
-#[allow(clippy::useless_conversion)]
-fn disk_usage(path: &Path) -> Option<DiskUsage> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    let frag = u64::from(st.fragment_size());
-    let blocks = u64::from(st.blocks());
-    let free = u64::from(st.blocks_free());
-    let avail = u64::from(st.blocks_available());
-    Some(DiskUsage {
-        total_bytes: blocks.saturating_mul(frag),
-        used_bytes: blocks.saturating_sub(free).saturating_mul(frag),
-        available_bytes: avail.saturating_mul(frag),
-    })
-}
 
 #[async_trait]
 impl Health for MySqlDriver {
@@ -122,18 +105,5 @@ impl Health for MySqlDriver {
         ctx.cancelled()?;
         // Trove's MySQL manager reports nothing extra.
         Ok(serde_json::Map::new())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_usage_of_a_temp_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = disk_usage(dir.path()).unwrap();
-        assert!(d.total_bytes > 0 && d.used_bytes <= d.total_bytes);
-        assert!(disk_usage(Path::new("/nonexistent/path")).is_none());
     }
 }

@@ -14,22 +14,23 @@
 //!
 //! [`DatastoreRuntime::run`]: guest_agent_api::runtime::DatastoreRuntime::run
 
-use std::ffi::{CString, OsString};
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::fs;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use guest_agent_api::admin::Admin;
 use guest_agent_api::config::ConfigApply;
+use guest_agent_api::fsutil::{
+    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, log_tail,
+    pid_alive, write_file,
+};
 use guest_agent_api::ident::Password;
 use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
 use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
 use guest_agent_api::{Error, OpContext, Result};
 use mysql_async::prelude::Queryable;
-use nix::unistd::{Gid, Uid, User};
 use tokio::time::Instant;
 
 use crate::config::BaseConf;
@@ -48,165 +49,10 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(200);
 /// Bound on the readiness query of `status`, so a hung server cannot stall a heartbeat.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// How much of the server log's end is quoted when it fails to start.
-const LOG_TAIL_BYTES: u64 = 2048;
 /// Name of the temporary bootstrap SQL file, in the run directory.
 const BOOTSTRAP_SQL: &str = ".bootstrap.sql";
 /// Programs that initialise a MariaDB data directory, preferred first.
 const INSTALL_PROGRAMS: &[&str] = &["mariadb-install-db", "mysql_install_db"];
-
-/// The OS account files are handed to when the agent runs as root.
-#[derive(Debug, Clone)]
-pub(crate) struct Owner {
-    name: String,
-    uid: Uid,
-    gid: Gid,
-}
-
-/// Removes a file when dropped, whatever path the code took.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.0.display(), error = %e, "Could not remove a temporary file.");
-        }
-    }
-}
-
-fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let context = format!("{what} {}", path.display());
-    move |e| Error::io(context, e)
-}
-
-fn chown(path: &Path, owner: Option<&Owner>) -> Result<()> {
-    if let Some(o) = owner {
-        nix::unistd::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| {
-            Error::io(
-                format!("changing the owner of {} to {}", path.display(), o.name),
-                e.into(),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Creates `path` (and missing parents) and sets its mode and owner.
-pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
-    fs::create_dir_all(path).map_err(io_err("creating", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", path))?;
-    chown(path, owner)
-}
-
-/// Writes `contents` to `path` atomically: a temporary file beside it, fsync, rename, and an
-/// fsync of the directory so the rename survives a crash.
-pub(crate) fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<&Owner>,
-) -> Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    let written = f
-        .write_all(contents)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err("writing", &tmp))
-        .and_then(|()| {
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-                .map_err(io_err("setting the mode of", &tmp))
-        })
-        .and_then(|()| chown(&tmp, owner))
-        .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming into", path)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return written;
-    }
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
-    {
-        d.sync_all().map_err(io_err("syncing", dir))?;
-    }
-    Ok(())
-}
-
-/// Whether `owner` may search (traverse) the directory with metadata `meta`.
-fn can_traverse(meta: &fs::Metadata, owner: &Owner, groups: &[Gid]) -> bool {
-    let mode = meta.mode();
-    if meta.uid() == owner.uid.as_raw() {
-        return mode & 0o100 != 0;
-    }
-    if groups.iter().any(|g| g.as_raw() == meta.gid()) {
-        return mode & 0o010 != 0;
-    }
-    mode & 0o001 != 0
-}
-
-/// Refuses early, with a clear message, when `owner` cannot reach `dir` through its parents.
-fn check_traversable(dir: &Path, owner: &Owner) -> Result<()> {
-    let name = CString::new(owner.name.as_str())
-        .map_err(|_| Error::invalid("datastore.os_user", "contains NUL"))?;
-    let groups = nix::unistd::getgrouplist(&name, owner.gid).unwrap_or_else(|_| vec![owner.gid]);
-    for ancestor in dir.ancestors().skip(1) {
-        let meta = fs::metadata(ancestor).map_err(io_err("inspecting", ancestor))?;
-        if !can_traverse(&meta, owner, &groups) {
-            return Err(Error::InvalidState {
-                operation: "prepare",
-                reason: format!(
-                    "OS user '{}' cannot traverse {} (mode {:o}) to reach {}",
-                    owner.name,
-                    ancestor.display(),
-                    meta.mode() & 0o7777,
-                    dir.display()
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The last lines of the server log, for an error message.
-pub(crate) fn log_tail(path: &Path) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut f = fs::File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match read() {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            lines[lines.len().saturating_sub(6)..].join(" | ")
-        }
-        Err(e) => format!("(no server log: {e})"),
-    }
-}
-
-/// Whether `pid` names a live, non-zombie process.
-fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 /// Parses `mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64 (Debian
 /// 12)` or `mysqld  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)`.
@@ -268,18 +114,7 @@ impl MySqlDriver {
         if !nix::unistd::geteuid().is_root() || name == "root" {
             return Ok(None);
         }
-        match User::from_name(name) {
-            Ok(Some(u)) => Ok(Some(Owner {
-                name: name.to_owned(),
-                uid: u.uid,
-                gid: u.gid,
-            })),
-            Ok(None) => Err(Error::InvalidState {
-                operation: "prepare",
-                reason: format!("OS user '{name}' does not exist"),
-            }),
-            Err(e) => Err(Error::Internal(format!("looking up OS user '{name}': {e}"))),
-        }
+        Owner::lookup(name).map(Some)
     }
 
     /// Owner (uid, gid) for files the server must own, when the agent runs as root.
@@ -309,22 +144,7 @@ impl MySqlDriver {
                 ),
             });
         }
-        match fs::read_dir(&self.data_dir) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
-                    return Err(Error::InvalidState {
-                        operation: "prepare",
-                        reason: format!(
-                            "the data directory {} is not empty",
-                            self.data_dir.display()
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("reading {}", self.data_dir.display()), e)),
-        }
+        check_empty_data_dir(&self.data_dir)
     }
 
     fn require_initialised(&self, operation: &'static str) -> Result<()> {
@@ -732,53 +552,6 @@ mod tests {
         assert_eq!(
             redact("near 'Abc123'; at line 2", &pw),
             "near '<redacted>'; at line 2"
-        );
-    }
-
-    #[test]
-    fn files_are_written_atomically_with_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("secret");
-        write_file(&f, b"one", 0o600, None).unwrap();
-        write_file(&f, b"two", 0o600, None).unwrap();
-        assert_eq!(fs::read(&f).unwrap(), b"two");
-        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn traversal_rules() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        let owner = Owner {
-            name: "x".into(),
-            uid: Uid::from_raw(4242),
-            gid: Gid::from_raw(4242),
-        };
-        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(can_traverse(
-            &fs::metadata(p).unwrap(),
-            &owner,
-            &[owner.gid]
-        ));
-        fs::set_permissions(p, fs::Permissions::from_mode(0o750)).unwrap();
-        assert!(!can_traverse(
-            &fs::metadata(p).unwrap(),
-            &owner,
-            &[owner.gid]
-        ));
-    }
-
-    #[test]
-    fn log_tail_quotes_last_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("log");
-        let text: String = (0..20).map(|i| format!("line {i}\n")).collect();
-        fs::write(&f, text).unwrap();
-        let tail = log_tail(&f);
-        assert!(
-            tail.starts_with("line 14") && tail.ends_with("line 19"),
-            "{tail}"
         );
     }
 }

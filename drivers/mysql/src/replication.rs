@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use guest_agent_api::fsutil::write_file;
 use guest_agent_api::ident::{Password, UserName};
 use guest_agent_api::position::{GtidSet, Position};
 use guest_agent_api::replication::{
@@ -23,7 +24,6 @@ use mysql_async::{Row, Value};
 use tokio::time::Instant;
 
 use crate::error::{Subject, stmt};
-use crate::lifecycle::write_file;
 use crate::position::{applied, parse_gtid, slave_pos};
 use crate::sql::{Session, account, quote_string};
 use crate::{CONF_D, MySqlDriver, REPLICATION_USER_PREFIX, ROLE_FILE};

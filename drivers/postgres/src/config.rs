@@ -27,12 +27,12 @@ use async_trait::async_trait;
 use guest_agent_api::config::{
     ApplyOutcome, ConfigApply, ConfigValue, Overrides, ValidatedOverrides,
 };
+use guest_agent_api::fsutil::{io_err, write_file};
 use guest_agent_api::ident::ConfigKey;
 use guest_agent_api::{Error, OpContext, Result};
 use tokio::time::Instant;
 
 use crate::error::stmt;
-use crate::lifecycle::{io_err, write_file};
 use crate::rules::{rules, to_json, validate_overrides};
 use crate::{
     ADMIN_USER, BASE_CONF_FILE, MANAGED_CONF_FILE, OVERRIDES_CONF_FILE, PgDriver, ROLE_CONF_FILE,

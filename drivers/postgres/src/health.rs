@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use guest_agent_api::health::{DiskUsage, Health, HealthDetails, ReplicationHealth};
+use guest_agent_api::fsutil::disk_usage;
+use guest_agent_api::health::{Health, HealthDetails, ReplicationHealth};
 use guest_agent_api::position::Position;
 use guest_agent_api::runtime::ServerState;
 use guest_agent_api::{Error, OpContext, Result};
@@ -53,22 +54,6 @@ fn dir_size(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Disk use of the file system holding `path`.
-// `c_ulong` and `fsblkcnt_t` are narrower than `u64` on some targets.
-#[allow(clippy::useless_conversion)]
-fn disk_usage(path: &Path) -> Option<DiskUsage> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    let frag = u64::from(st.fragment_size());
-    let blocks = u64::from(st.blocks());
-    let free = u64::from(st.blocks_free());
-    let avail = u64::from(st.blocks_available());
-    Some(DiskUsage {
-        total_bytes: blocks.saturating_mul(frag),
-        used_bytes: blocks.saturating_sub(free).saturating_mul(frag),
-        available_bytes: avail.saturating_mul(frag),
-    })
 }
 
 #[async_trait]

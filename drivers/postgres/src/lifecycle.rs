@@ -8,21 +8,24 @@
 //!
 //! [`DatastoreRuntime::run`]: guest_agent_api::runtime::DatastoreRuntime::run
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use guest_agent_api::admin::Admin;
 use guest_agent_api::config::{ConfigApply, ValidatedOverrides};
+use guest_agent_api::fsutil::{
+    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, log_tail,
+    no_follow, pid_alive, write_file,
+};
 use guest_agent_api::ident::Password;
 use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
 use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
 use guest_agent_api::{Error, OpContext, Result};
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::User;
 use tokio::time::Instant;
 
 use crate::config::{ManagedConf, include_line, render_hba, render_ident};
@@ -38,176 +41,8 @@ const INITDB_TIMEOUT: Duration = Duration::from_secs(600);
 const READY_POLL: Duration = Duration::from_millis(50);
 /// Bound on the readiness query of `status`, so a hung server cannot stall a heartbeat.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// How much of the server log's end is quoted when it fails to start.
-const LOG_TAIL_BYTES: u64 = 2048;
 /// Name of the temporary password file `initdb` reads, in the run directory.
 const INITDB_PWFILE: &str = ".initdb-password";
-
-/// The OS account files are handed to when the agent runs as root.
-#[derive(Debug, Clone)]
-pub(crate) struct Owner {
-    pub(crate) name: String,
-    pub(crate) uid: Uid,
-    pub(crate) gid: Gid,
-}
-
-/// Removes a file when dropped, whatever path the code took.
-pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.0.display(), error = %e, "Could not remove a temporary file.");
-        }
-    }
-}
-
-pub(crate) fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let context = format!("{what} {}", path.display());
-    move |e| Error::io(context, e)
-}
-
-/// Hands a directory to `owner`. Only for directories whose parents the agent controls; files
-/// inside the OS user's directories go through [`write_file`], which works on descriptors.
-pub(crate) fn chown_dir(path: &Path, owner: Option<&Owner>) -> Result<()> {
-    if let Some(o) = owner {
-        nix::unistd::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| {
-            Error::io(
-                format!("changing the owner of {} to {}", path.display(), o.name),
-                e.into(),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Creates `path` (and missing parents) and sets its mode and owner.
-pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<&Owner>) -> Result<()> {
-    fs::create_dir_all(path).map_err(io_err("creating", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", path))?;
-    chown_dir(path, owner)
-}
-
-/// Opening flags that refuse a symbolic link in the last path component: the directories
-/// written to as root may belong to the server's OS user, who must not be able to redirect
-/// the agent's writes (or reads) elsewhere.
-pub(crate) fn no_follow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
-}
-
-/// Writes `contents` to `path` through a temporary file and a rename, with `mode` and owner.
-/// Mode and owner are set on the open descriptor, never through the (replaceable) path.
-pub(crate) fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<&Owner>,
-) -> Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    // A leftover from an interrupted write; `create_new` below refuses anything still there.
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(no_follow())
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    let written = f
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", &tmp))
-        .and_then(|()| match owner {
-            Some(o) => std::os::unix::fs::fchown(&f, Some(o.uid.as_raw()), Some(o.gid.as_raw()))
-                .map_err(io_err("changing the owner of", &tmp)),
-            None => Ok(()),
-        })
-        .and_then(|()| {
-            f.write_all(contents)
-                .and_then(|()| f.sync_all())
-                .map_err(io_err("writing", &tmp))
-        })
-        .and_then(|()| fs::rename(&tmp, path).map_err(io_err("renaming into", path)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
-/// Whether `owner` may search (traverse) the directory with metadata `meta`.
-fn can_traverse(meta: &fs::Metadata, owner: &Owner, groups: &[Gid]) -> bool {
-    let mode = meta.mode();
-    if meta.uid() == owner.uid.as_raw() {
-        return mode & 0o100 != 0;
-    }
-    if groups.iter().any(|g| g.as_raw() == meta.gid()) {
-        return mode & 0o010 != 0;
-    }
-    mode & 0o001 != 0
-}
-
-/// Refuses early, with a clear message, when `owner` cannot reach `dir` through its parents
-/// (a 0700 parent would otherwise surface as a cryptic `initdb` or server failure).
-fn check_traversable(dir: &Path, owner: &Owner) -> Result<()> {
-    let name = CString::new(owner.name.as_str())
-        .map_err(|_| Error::invalid("datastore.os_user", "contains NUL"))?;
-    let groups = nix::unistd::getgrouplist(&name, owner.gid).unwrap_or_else(|_| vec![owner.gid]);
-    for ancestor in dir.ancestors().skip(1) {
-        let meta = fs::metadata(ancestor).map_err(io_err("inspecting", ancestor))?;
-        if !can_traverse(&meta, owner, &groups) {
-            return Err(Error::InvalidState {
-                operation: "prepare",
-                reason: format!(
-                    "OS user '{}' cannot traverse {} (mode {:o}) to reach {}",
-                    owner.name,
-                    ancestor.display(),
-                    meta.mode() & 0o7777,
-                    dir.display()
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The last lines of the server log, for an error message.
-pub(crate) fn log_tail(path: &Path) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .custom_flags(no_follow())
-            .open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match read() {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            lines[lines.len().saturating_sub(6)..].join(" | ")
-        }
-        Err(e) => format!("(no server log: {e})"),
-    }
-}
-
-/// Whether `pid` names a live, non-zombie process.
-fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 impl PgDriver {
     /// The OS account to hand files to: the configured user when the agent runs as root.
@@ -218,18 +53,7 @@ impl PgDriver {
         if !nix::unistd::geteuid().is_root() {
             return Ok(None);
         }
-        match User::from_name(name) {
-            Ok(Some(u)) => Ok(Some(Owner {
-                name: name.to_owned(),
-                uid: u.uid,
-                gid: u.gid,
-            })),
-            Ok(None) => Err(Error::InvalidState {
-                operation: "prepare",
-                reason: format!("OS user '{name}' does not exist"),
-            }),
-            Err(e) => Err(Error::Internal(format!("looking up OS user '{name}': {e}"))),
-        }
+        Owner::lookup(name).map(Some)
     }
 
     /// Whether the data directory holds a cluster.
@@ -249,22 +73,7 @@ impl PgDriver {
                 ),
             });
         }
-        match fs::read_dir(&self.data_dir) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
-                    return Err(Error::InvalidState {
-                        operation: "prepare",
-                        reason: format!(
-                            "the data directory {} is not empty",
-                            self.data_dir.display()
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("reading {}", self.data_dir.display()), e)),
-        }
+        check_empty_data_dir(&self.data_dir)
     }
 
     pub(crate) fn require_initialised(&self, operation: &'static str) -> Result<()> {
@@ -593,79 +402,5 @@ impl Lifecycle for PgDriver {
                 requested: false, ..
             } => DatastoreStatus::Crashed,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traversal_rules() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        let owner = Owner {
-            name: "x".into(),
-            uid: Uid::from_raw(4242),
-            gid: Gid::from_raw(4242),
-        };
-        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(can_traverse(
-            &fs::metadata(p).unwrap(),
-            &owner,
-            &[owner.gid]
-        ));
-        fs::set_permissions(p, fs::Permissions::from_mode(0o750)).unwrap();
-        assert!(!can_traverse(
-            &fs::metadata(p).unwrap(),
-            &owner,
-            &[owner.gid]
-        ));
-        let meta = fs::metadata(p).unwrap();
-        let group_member = [Gid::from_raw(meta.gid())];
-        assert!(can_traverse(&meta, &owner, &group_member));
-    }
-
-    #[test]
-    fn files_are_written_atomically_with_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("secret");
-        write_file(&f, b"one", 0o600, None).unwrap();
-        write_file(&f, b"two", 0o600, None).unwrap();
-        assert_eq!(fs::read(&f).unwrap(), b"two");
-        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn symlinks_are_replaced_or_refused_never_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        fs::write(&victim, b"untouched").unwrap();
-        // A link planted where a managed file goes is replaced, not written through.
-        let managed = dir.path().join("pg_hba.conf");
-        std::os::unix::fs::symlink(&victim, &managed).unwrap();
-        write_file(&managed, b"managed", 0o600, None).unwrap();
-        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
-        assert_eq!(fs::read(&managed).unwrap(), b"managed");
-        assert!(!fs::symlink_metadata(&managed).unwrap().is_symlink());
-        // A log that is a link is not quoted.
-        let log = dir.path().join("postgres.log");
-        std::os::unix::fs::symlink(&victim, &log).unwrap();
-        assert!(!log_tail(&log).contains("untouched"));
-    }
-
-    #[test]
-    fn log_tail_quotes_last_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("log");
-        let text: String = (0..20).map(|i| format!("line {i}\n")).collect();
-        fs::write(&f, text).unwrap();
-        let tail = log_tail(&f);
-        assert!(
-            tail.starts_with("line 14") && tail.ends_with("line 19"),
-            "{tail}"
-        );
-        assert!(log_tail(&dir.path().join("none")).contains("no server log"));
     }
 }

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use guest_agent_api::fsutil::{Owner, RemoveOnDrop, io_err, log_tail, write_file};
 use guest_agent_api::ident::{Password, UserName};
 use guest_agent_api::position::{Lsn, Position};
 use guest_agent_api::replication::{
@@ -31,7 +32,6 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::{conf_string, read_optional};
 use crate::error::{PgError, Subject, stmt};
-use crate::lifecycle::{Owner, RemoveOnDrop, io_err, log_tail, write_file};
 use crate::position::parse_position;
 use crate::sql::{password_literal, quote_ident, read_admin_password};
 use crate::{
