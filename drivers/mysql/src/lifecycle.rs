@@ -23,15 +23,14 @@ use async_trait::async_trait;
 use guest_agent_api::admin::Admin;
 use guest_agent_api::config::ConfigApply;
 use guest_agent_api::fsutil::{
-    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, log_tail,
-    pid_alive, write_file,
+    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, pid_alive,
+    write_file,
 };
 use guest_agent_api::ident::Password;
 use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
 use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
 use guest_agent_api::{Error, OpContext, Result};
 use mysql_async::prelude::Queryable;
-use tokio::time::Instant;
 
 use crate::config::BaseConf;
 use crate::driver::{LOG_FILE, PID_FILE};
@@ -304,41 +303,19 @@ impl MySqlDriver {
         }
     }
 
-    /// Waits until the server accepts sessions, it exits, the start timeout passes or the
-    /// operation is cancelled.
+    /// Waits until the server accepts sessions, it exits, the start timeout (or the caller's
+    /// deadline) passes or the operation is cancelled.
     async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
-        let timeout = ctx
-            .remaining()
-            .map_or(self.start_timeout(), |left| left.min(self.start_timeout()));
-        let deadline = Instant::now() + timeout;
-        loop {
-            ctx.cancelled()?;
-            if let ServerState::Exited { code, .. } = self.runtime.state().await {
-                return Err(Error::Unavailable {
-                    message: format!(
-                        "the server exited while starting ({}): {}",
-                        code.map_or_else(|| "signal".to_owned(), |c| format!("exit code {c}")),
-                        log_tail(&self.run_dir.join(LOG_FILE))
-                    ),
-                    source: None,
-                });
-            }
-            let last = match self.ping().await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                tracing::warn!(error = %last, "The server did not become ready in time.");
-                return Err(Error::Timeout {
-                    operation: "start",
-                    after: timeout,
-                });
-            }
-            tokio::select! {
-                () = tokio::time::sleep(READY_POLL) => {}
-                () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-            }
-        }
+        guest_agent_api::runtime::wait_ready(
+            ctx,
+            self.runtime.as_ref(),
+            self.start_timeout(),
+            READY_POLL,
+            "server",
+            &self.run_dir.join(LOG_FILE),
+            || self.ping(),
+        )
+        .await
     }
 
     /// Makes the runtime track a server that runs from an earlier agent (its pid file names a

@@ -18,15 +18,14 @@ use async_trait::async_trait;
 use guest_agent_api::admin::Admin;
 use guest_agent_api::config::{ConfigApply, ValidatedOverrides};
 use guest_agent_api::fsutil::{
-    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, log_tail,
-    no_follow, pid_alive, write_file,
+    Owner, RemoveOnDrop, check_empty_data_dir, check_traversable, ensure_dir, io_err, no_follow,
+    pid_alive, write_file,
 };
 use guest_agent_api::ident::Password;
 use guest_agent_api::lifecycle::{DatastoreStatus, Lifecycle, PrepareSpec, StopMode};
 use guest_agent_api::runtime::{CommandSpec, ServerState, StopSignal};
 use guest_agent_api::{Error, OpContext, Result};
 use nix::unistd::User;
-use tokio::time::Instant;
 
 use crate::config::{ManagedConf, include_line, render_hba, render_ident};
 use crate::driver::LOG_FILE;
@@ -244,39 +243,16 @@ impl PgDriver {
     /// Waits until the server accepts sessions, it exits, the start timeout (or the caller's
     /// deadline) passes or the operation is cancelled.
     pub(crate) async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
-        // The start timeout, cut short when the caller stops waiting earlier.
-        let timeout = ctx
-            .remaining()
-            .map_or(self.start_timeout(), |left| left.min(self.start_timeout()));
-        let deadline = Instant::now() + timeout;
-        loop {
-            ctx.cancelled()?;
-            if let ServerState::Exited { code, .. } = self.runtime.state().await {
-                return Err(Error::Unavailable {
-                    message: format!(
-                        "the PostgreSQL server exited while starting ({}): {}",
-                        code.map_or_else(|| "signal".to_owned(), |c| format!("exit code {c}")),
-                        log_tail(&self.run_dir.join(LOG_FILE))
-                    ),
-                    source: None,
-                });
-            }
-            let last = match self.ping().await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                tracing::warn!(error = %last, "The PostgreSQL server did not become ready in time.");
-                return Err(Error::Timeout {
-                    operation: "start",
-                    after: timeout,
-                });
-            }
-            tokio::select! {
-                () = tokio::time::sleep(READY_POLL) => {}
-                () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-            }
-        }
+        guest_agent_api::runtime::wait_ready(
+            ctx,
+            self.runtime.as_ref(),
+            self.start_timeout(),
+            READY_POLL,
+            "PostgreSQL server",
+            &self.run_dir.join(LOG_FILE),
+            || self.ping(),
+        )
+        .await
     }
 
     /// Makes the runtime track a server that runs from an earlier agent (its pid file names a

@@ -6,12 +6,13 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::Result;
+use crate::{Error, OpContext, Result};
 
 mod process;
 
@@ -165,4 +166,56 @@ pub trait DatastoreRuntime: Send + Sync + fmt::Debug {
 
     /// Runs a tool to completion. A non-zero exit is not an error here: inspect the output.
     async fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput>;
+}
+
+/// Waits until `ping` succeeds (the server accepts sessions), the server process exits, the
+/// start timeout (cut short by the caller's deadline) passes, or the operation is cancelled.
+///
+/// `server` names the server in messages ("the {server} exited while starting"); an exit
+/// quotes the tail of the server's `log`, so a failed start explains itself.
+pub async fn wait_ready<F, Fut>(
+    ctx: &OpContext,
+    runtime: &dyn DatastoreRuntime,
+    start_timeout: Duration,
+    poll: Duration,
+    server: &str,
+    log: &Path,
+    mut ping: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let timeout = ctx
+        .remaining()
+        .map_or(start_timeout, |left| left.min(start_timeout));
+    let deadline = Instant::now() + timeout;
+    loop {
+        ctx.cancelled()?;
+        if let ServerState::Exited { code, .. } = runtime.state().await {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "the {server} exited while starting ({}): {}",
+                    code.map_or_else(|| "signal".to_owned(), |c| format!("exit code {c}")),
+                    crate::fsutil::log_tail(log)
+                ),
+                source: None,
+            });
+        }
+        let last = match ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            tracing::warn!(error = %last, "The {server} did not become ready in time.");
+            return Err(Error::Timeout {
+                operation: "start",
+                after: timeout,
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+        }
+    }
 }
