@@ -322,6 +322,19 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Parses a benchmark's `--agent PATH`: the agent binary must exist (benchmarks measure a
+/// release build they do not build themselves).
+pub fn bench_agent(path: &str) -> Result<std::path::PathBuf, String> {
+    let p = std::path::PathBuf::from(path);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{path} does not exist; build it: cargo build --release -p guest-agent"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -32,55 +32,30 @@ use serde_json::{Value, json};
 const TARGET_MS: f64 = 5000.0;
 const APP_PASSWORD: &str = "App-Bench-Pass-1";
 
+/// Measures MariaDB failover through the agents: primary killed to new primary writable and the other replica re-pointed.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench-failover")]
 struct Args {
+    /// The agent binary to measure (e.g. target/release/guest-agent).
+    #[arg(long, value_parser = guest_agent_e2e::bench_agent)]
     agent: PathBuf,
+    /// Failovers to time.
+    #[arg(long, default_value_t = 5, value_parser = positive_usize)]
     runs: usize,
+    /// Rows written before each failover.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     rows: u32,
+    /// Where the figures go as JSON.
+    #[arg(long, default_value_os_t = guest_agent_e2e::workspace_root().join("bench").join("failover.json"))]
     out: PathBuf,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut agent = None;
-    let mut runs = 5;
-    let mut rows = 1000;
-    let mut out = guest_agent_e2e::workspace_root()
-        .join("bench")
-        .join("failover.json");
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--agent" => agent = Some(PathBuf::from(val()?)),
-            "--runs" => runs = val()?.parse().context("--runs")?,
-            "--rows" => rows = val()?.parse().context("--rows")?,
-            "--out" => out = PathBuf::from(val()?),
-            "-h" | "--help" => {
-                println!(
-                    "bench-failover --agent PATH [--runs N] [--rows N] [--out FILE]\n\
-                     Measures MariaDB failover through the agents: primary killed to new \
-                     primary writable and the other replica re-pointed."
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} (try --help)"),
-        }
+/// A whole number of at least 1.
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive whole number".to_owned()),
     }
-    let agent = agent.context("--agent PATH is required (e.g. target/release/guest-agent)")?;
-    if !agent.is_file() {
-        bail!(
-            "{} does not exist; build it: cargo build --release -p guest-agent",
-            agent.display()
-        );
-    }
-    if runs == 0 {
-        bail!("--runs must be positive");
-    }
-    Ok(Args {
-        agent,
-        runs,
-        rows,
-        out,
-    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -251,7 +226,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<()> {
     guest_agent_e2e::init_crypto();
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     guest_agent_e2e::mariadb::require_mariadb();
     let mut runs = Vec::with_capacity(args.runs);
     for n in 0..args.runs {

@@ -31,60 +31,33 @@ const TARGET_ATTACH_RATIO: f64 = 1.1;
 /// Bound on waiting for a state the servers reach by themselves.
 const BOUND: Duration = Duration::from_secs(600);
 
+/// Measures promotion to first write and replica attach against pg_basebackup by hand.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench-pg-replication")]
 struct Args {
+    /// The agent binary to measure (e.g. target/release/guest-agent).
+    #[arg(long, value_parser = guest_agent_e2e::bench_agent)]
     agent: PathBuf,
+    /// Promotions to time.
+    #[arg(long, default_value_t = 5, value_parser = positive_usize)]
     runs: usize,
+    /// Replica attaches to time (each way).
+    #[arg(long, default_value_t = 3, value_parser = positive_usize)]
     attach_runs: usize,
+    /// Pgbench scale of the attached database.
+    #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u32).range(1..))]
     scale: u32,
+    /// Where the figures go as JSON.
+    #[arg(long, default_value_os_t = guest_agent_e2e::workspace_root().join("bench").join("pg-replication.json"))]
     out: PathBuf,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut agent = None;
-    let mut runs = 5;
-    let mut attach_runs = 3;
-    let mut scale = 70;
-    let mut out = guest_agent_e2e::workspace_root()
-        .join("bench")
-        .join("pg-replication.json");
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--agent" => agent = Some(PathBuf::from(val()?)),
-            "--runs" => runs = val()?.parse().context("--runs")?,
-            "--attach-runs" => attach_runs = val()?.parse().context("--attach-runs")?,
-            "--scale" => scale = val()?.parse().context("--scale")?,
-            "--out" => out = PathBuf::from(val()?),
-            "-h" | "--help" => {
-                println!(
-                    "bench-pg-replication --agent PATH [--runs N] [--attach-runs N] \
-                     [--scale N] [--out FILE]\n\
-                     Measures promotion to first write and replica attach against \
-                     pg_basebackup by hand."
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} (try --help)"),
-        }
+/// A whole number of at least 1.
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive whole number".to_owned()),
     }
-    let agent = agent.context("--agent PATH is required (e.g. target/release/guest-agent)")?;
-    if !agent.is_file() {
-        bail!(
-            "{} does not exist; build it: cargo build --release -p guest-agent",
-            agent.display()
-        );
-    }
-    if runs == 0 || attach_runs == 0 || scale == 0 {
-        bail!("--runs, --attach-runs and --scale must be positive");
-    }
-    Ok(Args {
-        agent,
-        runs,
-        attach_runs,
-        scale,
-        out,
-    })
 }
 
 fn secs(d: Duration) -> f64 {
@@ -319,7 +292,7 @@ async fn bench_promotion(args: &Args) -> Result<Vec<f64>> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     guest_agent_e2e::init_crypto();
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
 
     let promotion = bench_promotion(&args).await?;
 

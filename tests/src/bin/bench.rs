@@ -17,54 +17,30 @@ const TARGET_RSS_MIB: f64 = 15.0;
 const TARGET_READY_MS: f64 = 100.0;
 const TARGET_P99_MS: f64 = 2.0;
 
+/// Measures startup, idle RSS and rpc_ping latency of the agent binary.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench")]
 struct Args {
+    /// The agent binary to measure (e.g. target/release/guest-agent).
+    #[arg(long, value_parser = guest_agent_e2e::bench_agent)]
     agent: PathBuf,
+    /// `rpc_ping` calls to time.
+    #[arg(long, default_value_t = 10_000, value_parser = positive_usize)]
     calls: usize,
+    /// Agent starts to time.
+    #[arg(long, default_value_t = 5, value_parser = positive_usize)]
     starts: usize,
+    /// Where the figures go as JSON.
+    #[arg(long, default_value_os_t = guest_agent_e2e::workspace_root().join("bench").join("results.json"))]
     out: PathBuf,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut agent = None;
-    let mut calls = 10_000;
-    let mut starts = 5;
-    let mut out = guest_agent_e2e::workspace_root()
-        .join("bench")
-        .join("results.json");
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--agent" => agent = Some(PathBuf::from(val()?)),
-            "--calls" => calls = val()?.parse().context("--calls")?,
-            "--starts" => starts = val()?.parse().context("--starts")?,
-            "--out" => out = PathBuf::from(val()?),
-            "-h" | "--help" => {
-                println!(
-                    "bench --agent PATH [--calls N] [--starts N] [--out FILE]\n\
-                     Measures startup, idle RSS and rpc_ping latency of the agent binary."
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} (try --help)"),
-        }
+/// A whole number of at least 1.
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive whole number".to_owned()),
     }
-    let agent = agent.context("--agent PATH is required (e.g. target/release/guest-agent)")?;
-    if !agent.is_file() {
-        bail!(
-            "{} does not exist; build it: cargo build --release -p guest-agent",
-            agent.display()
-        );
-    }
-    if calls == 0 || starts == 0 {
-        bail!("--calls and --starts must be positive");
-    }
-    Ok(Args {
-        agent,
-        calls,
-        starts,
-        out,
-    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -127,7 +103,7 @@ async fn start_and_time(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     guest_agent_e2e::init_crypto();
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let env = TestEnv::new();
 
     // Startup: spawn to first successful HTTPS /healthz (fresh client each time, so each
