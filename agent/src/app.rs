@@ -13,6 +13,7 @@ use guest_agent_api::runtime::ProcessRuntime;
 use guest_agent_api::{DriverSettings, OpContext, Registry};
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::BackupService;
 use crate::config::{Config, ControlPlaneKind, RuntimeKind};
 use crate::rpc::Dispatcher;
 use crate::state::{AgentState, Phase};
@@ -166,8 +167,6 @@ impl App {
         let driver = registry().build(settings).await?;
         let state = Arc::new(AgentState::load(state_dir));
         let metrics = Arc::new(Metrics::default());
-        let dispatcher =
-            Arc::new(Dispatcher::new(driver, state, metrics).with_manager(&ds.manager));
         let control_plane: Arc<dyn ControlPlane> = match config.control_plane.kind {
             ControlPlaneKind::None => Arc::new(LogControlPlane),
             ControlPlaneKind::Http => match &config.control_plane.http {
@@ -181,6 +180,21 @@ impl App {
                 }
             },
         };
+        let backups = Arc::new(BackupService::build(
+            &config.backup,
+            state_dir,
+            &config.agent.instance_id,
+        )?);
+        let dispatcher = Arc::new(
+            Dispatcher::new(driver, state, metrics)
+                .with_manager(&ds.manager)
+                .with_backups(
+                    backups,
+                    Arc::clone(&control_plane),
+                    &config.agent.instance_id,
+                    ds.version.clone().unwrap_or_default(),
+                ),
+        );
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
         if config.transport.http.enabled {
             let bound = HttpTransport::bind(&config.transport.http)?;

@@ -55,4 +55,10 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Write a new instance backup key (base64 of 32 random bytes) to a new file, mode 0600,
+    /// for `backup.key_file`. An existing file is never overwritten.
+    GenBackupKey {
+        /// The file to create.
+        path: PathBuf,
+    },
 }

@@ -58,7 +58,7 @@ pub async fn run(
 }
 
 /// Seconds since the epoch with microseconds, like Trove's `utcnow_ts(microsecond=True)`.
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

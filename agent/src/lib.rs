@@ -5,6 +5,7 @@
 //! driver to them.
 
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod heartbeat;

@@ -91,7 +91,30 @@ fn main() -> ExitCode {
             };
             rt.block_on(call(method, args, url, ca.zip(cert).zip(key), timeout))
         }
+        Command::GenBackupKey { path } => match gen_backup_key(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("guest-agent: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Creates `path` (never replacing a file: losing a key loses its backups) with a new key.
+fn gen_backup_key(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = guest_agent::backup::generate_key_text()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
 }
 
 async fn run(config: Config) -> ExitCode {

@@ -23,11 +23,27 @@ struct Histogram {
     sum: f64,
 }
 
+/// Byte counts of backup work, by phase (`backup`, `restore`, `verify`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Transfer {
+    /// Raw bytes (tool output or input), stored bytes (uploaded or downloaded).
+    raw: u64,
+    stored: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     ops: BTreeMap<(String, &'static str), Histogram>,
     heartbeats: BTreeMap<&'static str, u64>,
     status: Option<DatastoreStatus>,
+    /// Finished backup work: totals, by phase.
+    transfer_total: BTreeMap<&'static str, Transfer>,
+    /// The running operation's bytes so far, by phase (zero when none runs).
+    transfer_now: BTreeMap<&'static str, Transfer>,
+    /// Finished backup operations, by phase and outcome.
+    backup_ops: BTreeMap<(&'static str, &'static str), u64>,
+    /// Rate of the last finished operation (raw bytes per second), by phase.
+    last_rate: BTreeMap<&'static str, u64>,
 }
 
 /// The agent's metrics.
@@ -62,6 +78,37 @@ impl Metrics {
                 .heartbeats
                 .entry(if ok { "ok" } else { "error" })
                 .or_default() += 1;
+        }
+    }
+
+    /// Records the progress of the running backup, restore or verification.
+    pub fn backup_progress(&self, phase: &'static str, raw: u64, stored: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.transfer_now.insert(phase, Transfer { raw, stored });
+        }
+    }
+
+    /// Records a finished backup, restore or verification.
+    pub fn backup_finished(
+        &self,
+        phase: &'static str,
+        ok: bool,
+        raw: u64,
+        stored: u64,
+        bytes_per_sec: u64,
+    ) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.transfer_now.insert(phase, Transfer::default());
+            let t = inner.transfer_total.entry(phase).or_default();
+            t.raw += raw;
+            t.stored += stored;
+            *inner
+                .backup_ops
+                .entry((phase, if ok { "ok" } else { "error" }))
+                .or_default() += 1;
+            if ok {
+                inner.last_rate.insert(phase, bytes_per_sec);
+            }
         }
     }
 
@@ -133,6 +180,62 @@ impl Metrics {
                 st.description()
             );
         }
+        out.push_str(
+            "# HELP guest_agent_backup_operations_total Backups, restores and verifications \
+             finished, by phase and outcome.\n",
+        );
+        out.push_str("# TYPE guest_agent_backup_operations_total counter\n");
+        for ((p, o), n) in &inner.backup_ops {
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_operations_total{{phase=\"{p}\",outcome=\"{o}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP guest_agent_backup_bytes_total Bytes moved by finished backup work, by phase \
+             and kind (raw = the tool's side, stored = the object store's side).\n",
+        );
+        out.push_str("# TYPE guest_agent_backup_bytes_total counter\n");
+        for (p, t) in &inner.transfer_total {
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_bytes_total{{phase=\"{p}\",kind=\"raw\"}} {}",
+                t.raw
+            );
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_bytes_total{{phase=\"{p}\",kind=\"stored\"}} {}",
+                t.stored
+            );
+        }
+        out.push_str(
+            "# HELP guest_agent_backup_progress_bytes Bytes moved so far by the running backup \
+             work, by phase and kind.\n",
+        );
+        out.push_str("# TYPE guest_agent_backup_progress_bytes gauge\n");
+        for (p, t) in &inner.transfer_now {
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_progress_bytes{{phase=\"{p}\",kind=\"raw\"}} {}",
+                t.raw
+            );
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_progress_bytes{{phase=\"{p}\",kind=\"stored\"}} {}",
+                t.stored
+            );
+        }
+        out.push_str(
+            "# HELP guest_agent_backup_last_rate_bytes_per_second Raw throughput of the last \
+             successful operation, by phase.\n",
+        );
+        out.push_str("# TYPE guest_agent_backup_last_rate_bytes_per_second gauge\n");
+        for (p, r) in &inner.last_rate {
+            let _ = writeln!(
+                out,
+                "guest_agent_backup_last_rate_bytes_per_second{{phase=\"{p}\"}} {r}"
+            );
+        }
         out
     }
 }
@@ -180,5 +283,19 @@ mod tests {
         assert!(t.contains("guest_agent_datastore_status{status=\"healthy\"} 1"));
         assert!(t.contains("guest_agent_datastore_status{status=\"shutdown\"} 0"));
         assert!(t.contains("guest_agent_heartbeats_total{outcome=\"ok\"} 1"));
+        m.backup_progress("backup", 10, 4);
+        assert!(t.len() < m.render().len());
+        assert!(
+            m.render()
+                .contains("guest_agent_backup_progress_bytes{phase=\"backup\",kind=\"raw\"} 10")
+        );
+        m.backup_finished("backup", true, 100, 40, 7);
+        let t = m.render();
+        assert!(t.contains("guest_agent_backup_bytes_total{phase=\"backup\",kind=\"stored\"} 40"));
+        assert!(t.contains("guest_agent_backup_progress_bytes{phase=\"backup\",kind=\"raw\"} 0"));
+        assert!(
+            t.contains("guest_agent_backup_operations_total{phase=\"backup\",outcome=\"ok\"} 1")
+        );
+        assert!(t.contains("guest_agent_backup_last_rate_bytes_per_second{phase=\"backup\"} 7"));
     }
 }

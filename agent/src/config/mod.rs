@@ -106,6 +106,8 @@ pub struct Config {
     pub transport: TransportSection,
     /// Outbound reports (heartbeats) to the control plane.
     pub control_plane: ControlPlaneSection,
+    /// Backups: object store, encryption, compression and limits.
+    pub backup: BackupSection,
     /// Trove's messaging settings (`transport_url`, `control_exchange`,
     /// `instance_rpc_encr_key`, `[oslo_messaging_rabbit]`), kept for the AMQP transport.
     /// Present when a Trove directory was read or the TOML file has a `[trove]` table.
@@ -382,6 +384,160 @@ impl fmt::Debug for ControlPlaneHttp {
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
+            .finish()
+    }
+}
+
+/// Where backups are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStoreKind {
+    /// A local directory (`backup.local_dir`): the embedded default.
+    #[default]
+    Local,
+    /// An S3 API endpoint (`[backup.s3]`): AWS, OpenStack Swift with s3api, Ceph RGW.
+    S3,
+    /// OpenStack Swift's native API (`[backup.swift]`).
+    Swift,
+}
+
+/// The chunk cipher of encrypted backups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupCipher {
+    /// AES-256-GCM (fast with AES-NI).
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305 (fast without AES hardware).
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+/// `[backup]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// `local`, `s3` or `swift`.
+    pub store: BackupStoreKind,
+    /// Directory of the `local` store; default `<agent.state_dir>/backups`.
+    pub local_dir: Option<PathBuf>,
+    /// Bucket (S3) or container (Swift); Trove's default is `database_backups`.
+    pub container: String,
+    /// Key prefix of this instance's backups; default: the instance id.
+    pub prefix: Option<String>,
+    /// File holding the instance backup key (base64 of 32 random bytes, e.g. from
+    /// `guest-agent gen-backup-key`); absent = backups are stored unencrypted.
+    pub key_file: Option<PathBuf>,
+    /// `aes-256-gcm` or `chacha20-poly1305`.
+    pub cipher: BackupCipher,
+    /// zstd level, 1 to 19.
+    pub compression_level: i32,
+    /// zstd worker threads (0 = compress on the pipeline's own thread).
+    pub compression_workers: u32,
+    /// Size of each uploaded part in MiB (5 to 512); memory use is about
+    /// `part_size_mib × (upload_concurrency + 1)`.
+    pub part_size_mib: u64,
+    /// Parts uploaded at once (1 to 16).
+    pub upload_concurrency: usize,
+    /// Upload bandwidth limit in bytes per second; absent = unlimited.
+    pub upload_limit_bytes_per_sec: Option<u64>,
+    /// Download (restore, verify) bandwidth limit in bytes per second; absent = unlimited.
+    pub download_limit_bytes_per_sec: Option<u64>,
+    /// Authenticate and checksum every stored byte of a backup before a restore writes
+    /// anything (reads the backup twice).
+    pub verify_before_restore: bool,
+    /// Seconds between progress reports (`update_backup`) while a backup runs.
+    pub progress_interval_secs: u64,
+    /// Settings for `store = "s3"`.
+    pub s3: Option<BackupS3>,
+    /// Settings for `store = "swift"`.
+    pub swift: Option<BackupSwift>,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        Self {
+            store: BackupStoreKind::Local,
+            local_dir: None,
+            container: "database_backups".to_owned(),
+            prefix: None,
+            key_file: None,
+            cipher: BackupCipher::Aes256Gcm,
+            compression_level: 3,
+            compression_workers: 2,
+            part_size_mib: 8,
+            upload_concurrency: 3,
+            upload_limit_bytes_per_sec: None,
+            download_limit_bytes_per_sec: None,
+            verify_before_restore: false,
+            progress_interval_secs: 5,
+            s3: None,
+            swift: None,
+        }
+    }
+}
+
+/// `[backup.s3]`.
+///
+/// `Debug` is hand-written: `secret_key` is a secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupS3 {
+    /// Endpoint URL (`http://127.0.0.1:8080` for Swift's s3api); absent = AWS.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key. Secret.
+    pub secret_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by Swift and most RGW setups.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl fmt::Debug for BackupS3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupS3")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &redact::REDACTED)
+            .field("path_style", &self.path_style)
+            .finish()
+    }
+}
+
+/// `[backup.swift]`: tempauth (v1.0) credentials.
+///
+/// `Debug` is hand-written: `key` is a secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSwift {
+    /// Auth URL (`http://127.0.0.1:8080/auth/v1.0`).
+    pub auth_url: String,
+    /// `account:user`.
+    pub user: String,
+    /// The key. Secret.
+    pub key: String,
+}
+
+impl fmt::Debug for BackupSwift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupSwift")
+            .field("auth_url", &self.auth_url)
+            .field("user", &self.user)
+            .field("key", &redact::REDACTED)
             .finish()
     }
 }

@@ -1,7 +1,7 @@
 //! Redaction of secrets in the effective configuration printed by `check-config`.
 //!
 //! Secrets are known fields (`trove.transport_url`'s password, `trove.instance_rpc_encr_key`,
-//! the password of `control_plane.http.url`) and, in the free-form `datastore.options`, any
+//! the password of `control_plane.http.url`, `backup.s3.secret_key`, `backup.swift.key`) and, in the free-form `datastore.options`, any
 //! entry whose name looks like a password, secret, token or key. File paths are not secrets:
 //! `transport.http.tls.key` names a file and is shown. A new secret field must be added to
 //! `render` here, and to its type's hand-written `Debug`.
@@ -21,6 +21,13 @@ pub(crate) fn render(config: &Config) -> String {
     shown.datastore.options = redact_options(&config.datastore.options);
     if let Some(http) = shown.control_plane.http.as_mut() {
         http.url = redact_url(&http.url);
+    }
+    if let Some(s3) = shown.backup.s3.as_mut() {
+        s3.secret_key = REDACTED.to_owned();
+    }
+    if let Some(swift) = shown.backup.swift.as_mut() {
+        swift.key = REDACTED.to_owned();
+        swift.auth_url = redact_url(&swift.auth_url);
     }
     if let Some(trove) = shown.trove.as_mut() {
         trove.transport_url = trove.transport_url.as_deref().map(redact_url);

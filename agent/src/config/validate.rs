@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, ControlPlaneKind};
+use super::{BackupSection, BackupStoreKind, Config, ConfigError, ControlPlaneKind};
 
 /// Longest instance id; Trove's are 36-character UUIDs.
 const MAX_INSTANCE_ID_LEN: usize = 128;
@@ -135,6 +135,124 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         && trove.control_exchange.trim().is_empty()
     {
         return invalid("trove.control_exchange", "must not be empty".to_owned());
+    }
+    validate_backup(&config.backup)
+}
+
+fn validate_backup(b: &BackupSection) -> Result<(), ConfigError> {
+    // Bucket rules of S3 (and a subset of Swift's container rules).
+    let c = &b.container;
+    if !(3..=63).contains(&c.len())
+        || !c.bytes().all(|x| {
+            x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'-' | b'_' | b'.')
+        })
+    {
+        return invalid(
+            "backup.container",
+            format!("{c:?} must be 3 to 63 characters of a-z 0-9 - _ ."),
+        );
+    }
+    if let Some(p) = &b.prefix
+        && (p.is_empty()
+            || p.len() > 200
+            || p.starts_with('/')
+            || p.split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            || !p
+                .bytes()
+                .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'-' | b'_' | b'.' | b'/')))
+    {
+        return invalid(
+            "backup.prefix",
+            format!(
+                "{p:?} must be 1 to 200 characters of A-Z a-z 0-9 - _ . / without empty, . or .. segments"
+            ),
+        );
+    }
+    if let Some(d) = &b.local_dir {
+        absolute("backup.local_dir", d)?;
+    }
+    if let Some(k) = &b.key_file {
+        absolute("backup.key_file", k)?;
+    }
+    if !(1..=19).contains(&b.compression_level) {
+        return invalid("backup.compression_level", "must be 1 to 19".to_owned());
+    }
+    if b.compression_workers > 64 {
+        return invalid("backup.compression_workers", "must be 0 to 64".to_owned());
+    }
+    if !(5..=512).contains(&b.part_size_mib) {
+        return invalid(
+            "backup.part_size_mib",
+            "must be 5 to 512 (S3 parts are at least 5 MiB)".to_owned(),
+        );
+    }
+    if !(1..=16).contains(&b.upload_concurrency) {
+        return invalid("backup.upload_concurrency", "must be 1 to 16".to_owned());
+    }
+    for (key, v) in [
+        (
+            "backup.upload_limit_bytes_per_sec",
+            b.upload_limit_bytes_per_sec,
+        ),
+        (
+            "backup.download_limit_bytes_per_sec",
+            b.download_limit_bytes_per_sec,
+        ),
+    ] {
+        if v.is_some_and(|v| v < 65_536) {
+            return invalid(key, "must be at least 65536 (64 KiB/s)".to_owned());
+        }
+    }
+    if !(1..=3600).contains(&b.progress_interval_secs) {
+        return invalid(
+            "backup.progress_interval_secs",
+            "must be 1 to 3600 seconds".to_owned(),
+        );
+    }
+    match b.store {
+        BackupStoreKind::Local => {}
+        BackupStoreKind::S3 => {
+            let Some(s3) = &b.s3 else {
+                return invalid(
+                    "backup.s3",
+                    "backup.store = \"s3\" requires [backup.s3] with access_key and secret_key"
+                        .to_owned(),
+                );
+            };
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return invalid("backup.s3.endpoint", "must be an http(s):// URL".to_owned());
+            }
+            if s3.access_key.is_empty() || s3.secret_key.is_empty() {
+                return invalid(
+                    "backup.s3.secret_key",
+                    "access_key and secret_key must not be empty".to_owned(),
+                );
+            }
+        }
+        BackupStoreKind::Swift => {
+            let Some(sw) = &b.swift else {
+                return invalid(
+                    "backup.swift",
+                    "backup.store = \"swift\" requires [backup.swift] with auth_url, user and key"
+                        .to_owned(),
+                );
+            };
+            if !(sw.auth_url.starts_with("http://") || sw.auth_url.starts_with("https://")) {
+                return invalid(
+                    "backup.swift.auth_url",
+                    "must be an http(s):// URL".to_owned(),
+                );
+            }
+            if sw.user.is_empty() || sw.key.is_empty() {
+                return invalid(
+                    "backup.swift.key",
+                    "user and key must not be empty".to_owned(),
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -18,9 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ops::{OpState, OperationTracker};
-use super::{Access, Request, RpcError};
+use super::{Access, BackupRef, Request, RpcError};
+use crate::backup::BackupService;
 use crate::state::{AgentState, Phase};
 use crate::telemetry::Metrics;
+use crate::transport::{ControlPlane, LogControlPlane};
+
+#[path = "backups.rs"]
+mod backups;
 
 /// Who asked, and through what.
 #[derive(Debug, Clone)]
@@ -59,6 +64,14 @@ pub struct Dispatcher {
     data_dir: PathBuf,
     /// The Trove manager the driver was built for (`mariadb`, `mysql` ...).
     manager: String,
+    /// Backups, when configured.
+    backups: Option<Arc<BackupService>>,
+    /// Where backup reports go.
+    control_plane: Arc<dyn ControlPlane>,
+    /// This instance's id, for reports.
+    instance_id: String,
+    /// Datastore version recorded in backups when the control plane names none.
+    datastore_version: String,
 }
 
 impl Dispatcher {
@@ -77,7 +90,27 @@ impl Dispatcher {
             cancel: CancellationToken::new(),
             data_dir,
             manager,
+            backups: None,
+            control_plane: Arc::new(LogControlPlane),
+            instance_id: "local".to_owned(),
+            datastore_version: String::new(),
         }
+    }
+
+    /// Serves backups with `service`, reporting them to `control_plane` as `instance_id`.
+    #[must_use]
+    pub fn with_backups(
+        mut self,
+        service: Arc<BackupService>,
+        control_plane: Arc<dyn ControlPlane>,
+        instance_id: impl Into<String>,
+        datastore_version: impl Into<String>,
+    ) -> Self {
+        self.backups = Some(service);
+        self.control_plane = control_plane;
+        self.instance_id = instance_id.into();
+        self.datastore_version = datastore_version.into();
+        self
     }
 
     /// Names the Trove manager the driver was built for (reported as a snapshot's
@@ -192,6 +225,28 @@ impl Dispatcher {
         req: Request,
         ctx: &RequestContext,
     ) -> Result<Value, RpcError> {
+        // Backup operations run tracked (or need no datastore lock); they route themselves.
+        let req = match req {
+            Request::CreateBackup(order) => return self.start_backup(*order, ctx).await,
+            Request::VerifyBackup(b) => return self.start_verify(b, ctx),
+            Request::DeleteBackup(b) => return self.delete_backup(b).await,
+            Request::RestoreBackup { backup, database } => {
+                return self.start_logical_restore(backup, database, ctx);
+            }
+            Request::PrepareFromBackup {
+                spec,
+                backup,
+                source,
+            } => {
+                self.backup_service()?;
+                self.hooks("prepare from backup")?;
+                if source.is_some() {
+                    self.replication("prepare as replica")?;
+                }
+                return self.start_prepare(*spec, source.map(|s| *s), Some(backup), ctx);
+            }
+            other => other,
+        };
         match req.access() {
             Access::Free => self.run_free(req).await,
             Access::Read => {
@@ -201,11 +256,11 @@ impl Dispatcher {
             }
             Access::Write => {
                 match req {
-                    Request::Prepare(spec) => return self.start_prepare(*spec, None, ctx),
+                    Request::Prepare(spec) => return self.start_prepare(*spec, None, None, ctx),
                     Request::PrepareReplica(spec, source) => {
                         // Refused before anything runs when the driver cannot replicate.
                         self.replication("prepare as replica")?;
-                        return self.start_prepare(*spec, Some(*source), ctx);
+                        return self.start_prepare(*spec, Some(*source), None, ctx);
                     }
                     _ => {}
                 }
@@ -267,6 +322,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         spec: guest_agent_api::lifecycle::PrepareSpec,
         source: Option<guest_agent_api::replication::ReplicationSource>,
+        backup: Option<BackupRef>,
         ctx: &RequestContext,
     ) -> Result<Value, RpcError> {
         match self.state.phase() {
@@ -296,15 +352,25 @@ impl Dispatcher {
         self.tasks.spawn(async move {
             let _guard = this.datastore.write().await;
             tracing::info!(operation = %id, "Prepare started.");
-            let mut outcome = this.driver.lifecycle().prepare(&op_ctx, &spec).await;
+            let mut outcome = this
+                .driver
+                .lifecycle()
+                .prepare(&op_ctx, &spec)
+                .await
+                .map_err(RpcError::from);
+            // A server made from a backup is prepared empty, then filled from the backup.
+            if let (Ok(()), Some(b)) = (&outcome, &backup) {
+                outcome = this.restore_in_prepare(&op_ctx, b, &id).await;
+            }
             // A replica is prepared like any server, then seeded from its source.
             if let (Ok(()), Some(source)) = (&outcome, &source) {
                 outcome = match this.driver.replication() {
-                    Some(r) => r.attach(&op_ctx, source).await,
+                    Some(r) => r.attach(&op_ctx, source).await.map_err(RpcError::from),
                     None => Err(DriverError::NotSupported {
                         operation: "prepare as replica",
                         driver: this.driver.info().name,
-                    }),
+                    }
+                    .into()),
                 };
             }
             let (state, marker) = match &outcome {
@@ -434,6 +500,8 @@ impl Dispatcher {
             Request::LatestTxnId => Value::String(d.health().position(&c).await?.to_string()),
             Request::GetPosition => serde_json::to_value(d.health().position(&c).await?)
                 .map_err(|e| RpcError::Internal(e.to_string()))?,
+            Request::PreCreateBackup => return self.backup_hook(true, &c).await,
+            Request::PostCreateBackup => return self.backup_hook(false, &c).await,
             Request::ReachedPosition(target) => {
                 let here = d.health().position(&c).await?;
                 let reached = here

@@ -2,6 +2,7 @@
 //! status and error type name, and oslo's failure payload on AMQP.
 
 use guest_agent_api::Error as DriverError;
+use guest_agent_backup::{BackupError, CryptoError, StoreErrorKind};
 
 /// Why an operation failed, as every transport reports it.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ pub enum RpcError {
     /// The driver failed.
     #[error(transparent)]
     Driver(#[from] DriverError),
+    /// A backup, restore or verification failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     /// An agent-side failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,6 +70,7 @@ impl RpcError {
             Self::UnsupportedVersion { .. } => "UnsupportedVersion",
             Self::ShuttingDown => "ShuttingDown",
             Self::Driver(e) => e.kind(),
+            Self::Backup(e) => e.kind(),
             Self::Internal(_) => "InternalError",
         }
     }
@@ -85,6 +90,20 @@ impl RpcError {
                 DriverError::Unavailable { .. } | DriverError::Cancelled => 503,
                 DriverError::Timeout { .. } => 504,
                 DriverError::Datastore { .. } => 422,
+                _ => 500,
+            },
+            Self::Backup(e) => match e {
+                BackupError::InvalidArgument { .. } => 400,
+                BackupError::DatabaseNotFound { .. } | BackupError::ParentMissing { .. } => 404,
+                BackupError::Store {
+                    kind: StoreErrorKind::NotFound,
+                    ..
+                } => 404,
+                BackupError::Crypto(CryptoError::WrongKey) => 403,
+                BackupError::Crypto(_)
+                | BackupError::Checksum { .. }
+                | BackupError::Manifest { .. } => 422,
+                BackupError::Store { .. } | BackupError::Cancelled => 503,
                 _ => 500,
             },
         }
@@ -110,5 +129,12 @@ mod tests {
         );
         let e = RpcError::from(DriverError::invalid("user name", "bad"));
         assert_eq!(e.http_status(), 400);
+        let e = RpcError::from(BackupError::from(CryptoError::WrongKey));
+        assert_eq!((e.kind(), e.http_status()), ("WrongKey", 403));
+        let e = RpcError::from(BackupError::ParentMissing {
+            child: "b2".into(),
+            parent: "i/b1.manifest.json".into(),
+        });
+        assert_eq!((e.kind(), e.http_status()), ("ParentMissing", 404));
     }
 }

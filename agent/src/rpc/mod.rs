@@ -163,7 +163,65 @@ pub enum Request {
     CleanupReplica(String),
     /// `backup_required_for_replication` → `false`: replicas seed themselves.
     BackupRequiredForReplication,
+    /// `prepare` with `backup_info`: prepare, restore the backup, then (with a `snapshot`)
+    /// replicate; one tracked operation.
+    PrepareFromBackup {
+        /// What to prepare.
+        spec: Box<PrepareSpec>,
+        /// The backup to restore.
+        backup: BackupRef,
+        /// The source to replicate from afterwards.
+        source: Option<Box<ReplicationSource>>,
+    },
+    /// `create_backup` (a tracked operation): stream a backup to the object store, reporting
+    /// through the control plane's `update_backup`.
+    CreateBackup(Box<BackupOrder>),
+    /// `verify_backup` (extension, tracked): authenticate and checksum a stored backup (and
+    /// its parents) without restoring.
+    VerifyBackup(BackupRef),
+    /// `delete_backup` (extension): remove a stored backup (manifest first, then data).
+    DeleteBackup(BackupRef),
+    /// `restore_backup` (extension, tracked): restore a logical backup into this running
+    /// server.
+    RestoreBackup {
+        /// The backup.
+        backup: BackupRef,
+        /// Database to restore into (default: the backed-up one).
+        database: Option<DbName>,
+    },
+    /// `pre_create_backup` → the driver's backup metadata (binlog position ...).
+    PreCreateBackup,
+    /// `post_create_backup` → `{}`.
+    PostCreateBackup,
 }
+
+/// A stored backup named by the control plane: Trove's `{location, checksum}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRef {
+    /// Where it is (see `crate::backup` for the accepted forms).
+    pub location: String,
+    /// The checksum reported when it was made; checked against the manifest when given.
+    pub checksum: Option<String>,
+}
+
+/// What `create_backup` is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupOrder {
+    /// Trove's backup id (1 to 128 of `[A-Za-z0-9._-]`).
+    pub id: String,
+    /// Strategy (`pg_basebackup`, `pg_dump`, `mariabackup`, `mariadb_dump`); default: the
+    /// driver's physical one, or its logical one when `databases` are named.
+    pub strategy: Option<String>,
+    /// Databases for a logical backup; empty = all.
+    pub databases: Vec<DbName>,
+    /// The parent of an incremental backup.
+    pub parent: Option<BackupRef>,
+    /// Datastore version for the manifest.
+    pub datastore_version: Option<String>,
+}
+
+/// Longest accepted backup id.
+const MAX_BACKUP_ID: usize = 128;
 
 impl Request {
     /// Every method name this agent answers, for docs and the OpenAPI test.
@@ -216,6 +274,12 @@ impl Request {
         "wait_for_txn",
         "cleanup_source_on_replica_detach",
         "backup_required_for_replication",
+        "create_backup",
+        "verify_backup",
+        "delete_backup",
+        "restore_backup",
+        "pre_create_backup",
+        "post_create_backup",
     ];
 
     /// Parses `method` with its keyword arguments (a JSON object; `null` counts as `{}`).
@@ -237,8 +301,15 @@ impl Request {
         let req = match method {
             "rpc_ping" => Self::Ping,
             "prepare" => match a.prepare()? {
-                (spec, None) => Self::Prepare(Box::new(spec)),
-                (spec, Some(source)) => Self::PrepareReplica(Box::new(spec), Box::new(source)),
+                (spec, None, None) => Self::Prepare(Box::new(spec)),
+                (spec, Some(source), None) => {
+                    Self::PrepareReplica(Box::new(spec), Box::new(source))
+                }
+                (spec, source, Some(backup)) => Self::PrepareFromBackup {
+                    spec: Box::new(spec),
+                    backup,
+                    source: source.map(Box::new),
+                },
             },
             "create_database" => {
                 let dbs: Vec<WireDatabase> = a.req("databases")?;
@@ -418,6 +489,29 @@ impl Request {
                 }
             }
             "backup_required_for_replication" => Self::BackupRequiredForReplication,
+            "create_backup" => {
+                let info: Value = a.req("backup_info")?;
+                Self::CreateBackup(Box::new(a.backup_order(&info)?))
+            }
+            "verify_backup" => {
+                let info: Value = a.req("backup_info")?;
+                Self::VerifyBackup(a.backup_ref("backup_info", &info)?)
+            }
+            "delete_backup" => {
+                let info: Value = a.req("backup_info")?;
+                Self::DeleteBackup(a.backup_ref("backup_info", &info)?)
+            }
+            "restore_backup" => {
+                let info: Value = a.req("backup_info")?;
+                let backup = a.backup_ref("backup_info", &info)?;
+                let db: Option<String> = a.opt("database")?;
+                Self::RestoreBackup {
+                    backup,
+                    database: db.map(|d| a.db_name("database", d)).transpose()?,
+                }
+            }
+            "pre_create_backup" => Self::PreCreateBackup,
+            "post_create_backup" => Self::PostCreateBackup,
             _ => {
                 return Err(RpcError::UnknownMethod {
                     name: method.to_owned(),
@@ -436,7 +530,9 @@ impl Request {
             | Self::Status
             | Self::GetOperation(_)
             | Self::GetRootPassword
-            | Self::BackupRequiredForReplication => Access::Free,
+            | Self::BackupRequiredForReplication
+            | Self::VerifyBackup(_)
+            | Self::DeleteBackup(_) => Access::Free,
             Self::ListDatabases(_)
             | Self::GetUser(_)
             | Self::ListUsers(_)
@@ -448,7 +544,10 @@ impl Request {
             | Self::ReachedPosition(_)
             | Self::LastTxn
             | Self::NodePosition
-            | Self::WaitForTxn { .. } => Access::Read,
+            | Self::WaitForTxn { .. }
+            | Self::CreateBackup(_)
+            | Self::PreCreateBackup
+            | Self::PostCreateBackup => Access::Read,
             _ => Access::Write,
         }
     }
@@ -638,8 +737,111 @@ impl Args<'_> {
         })
     }
 
-    /// Prepare's arguments, and the source to replicate from when a `snapshot` came along.
-    fn prepare(&mut self) -> Result<(PrepareSpec, Option<ReplicationSource>), RpcError> {
+    /// `{location, checksum}` at `field` (Trove's `backup_info` or `parent`).
+    fn backup_ref(&self, field: &str, v: &Value) -> Result<BackupRef, RpcError> {
+        let Value::Object(m) = v else {
+            return Err(self.err(field, "must be an object with a location"));
+        };
+        let location = match m.get("location") {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 2048 => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(self.err(&format!("{field}.location"), "must be 1 to 2048 characters"));
+            }
+            None | Some(Value::Null) => {
+                return Err(self.err(&format!("{field}.location"), "is required"));
+            }
+            Some(_) => return Err(self.err(&format!("{field}.location"), "must be a string")),
+        };
+        let checksum = match m.get("checksum") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s))
+                if s.len() <= 128 && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Some(s.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err(self.err(&format!("{field}.checksum"), "must be a hexadecimal digest"));
+            }
+        };
+        Ok(BackupRef { location, checksum })
+    }
+
+    /// `create_backup`'s `backup_info`.
+    fn backup_order(&self, info: &Value) -> Result<BackupOrder, RpcError> {
+        let Value::Object(m) = info else {
+            return Err(self.err("backup_info", "must be an object"));
+        };
+        let id = match m.get("id") {
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_BACKUP_ID
+                    && !s.starts_with('.')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+            {
+                s.clone()
+            }
+            None | Some(Value::Null) => return Err(self.err("backup_info.id", "is required")),
+            Some(_) => {
+                return Err(self.err(
+                    "backup_info.id",
+                    "must be 1 to 128 of A-Z a-z 0-9 . _ - (not starting with .)",
+                ));
+            }
+        };
+        let text = |k: &str| -> Result<Option<String>, RpcError> {
+            match m.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.len() <= 255 => Ok(Some(s.clone())),
+                Some(_) => Err(self.err(
+                    &format!("backup_info.{k}"),
+                    "must be a string of at most 255 characters",
+                )),
+            }
+        };
+        let strategy = text("strategy")?;
+        let datastore_version = text("datastore_version")?;
+        let databases = match m.get("databases") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let field = format!("backup_info.databases[{i}]");
+                    // Plain names or Trove schema dicts.
+                    let name = match item {
+                        Value::String(s) => s.clone(),
+                        Value::Object(o) => match o.get("_name").or_else(|| o.get("name")) {
+                            Some(Value::String(s)) => s.clone(),
+                            _ => return Err(self.err(&field, "must name a database")),
+                        },
+                        _ => return Err(self.err(&field, "must be a database name")),
+                    };
+                    out.push(self.db_name(&field, name)?);
+                }
+                out
+            }
+            Some(_) => return Err(self.err("backup_info.databases", "must be a list")),
+        };
+        let parent = match m.get("parent") {
+            None | Some(Value::Null) => None,
+            Some(p) => Some(self.backup_ref("backup_info.parent", p)?),
+        };
+        Ok(BackupOrder {
+            id,
+            strategy,
+            databases,
+            parent,
+            datastore_version,
+        })
+    }
+
+    /// Prepare's arguments, the source to replicate from when a `snapshot` came along, and
+    /// the backup to restore when `backup_info` did.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+    ) -> Result<(PrepareSpec, Option<ReplicationSource>, Option<BackupRef>), RpcError> {
         let memory_mb: Option<u64> = self.opt("memory_mb")?;
         let dbs: Option<Vec<WireDatabase>> = self.opt("databases")?;
         let databases = self.databases("databases", dbs.unwrap_or_default())?;
@@ -656,12 +858,9 @@ impl Args<'_> {
         let overrides: Option<serde_json::Map<String, Value>> = self.opt("overrides")?;
         let ds_version: Option<String> = self.opt("ds_version")?;
         let backup_info: Option<Value> = self.opt("backup_info")?;
-        if backup_info.is_some() {
-            return Err(RpcError::Driver(DriverError::NotSupported {
-                operation: "prepare from backup",
-                driver: "agent",
-            }));
-        }
+        let backup = backup_info
+            .map(|b| self.backup_ref("backup_info", &b))
+            .transpose()?;
         let snapshot: Option<Value> = self.opt("snapshot")?;
         let source = snapshot
             .map(|s| replication::parse_source(self.method, "snapshot", &s))
@@ -675,7 +874,7 @@ impl Args<'_> {
             overrides: overrides.filter(|o| !o.is_empty()),
             ds_version,
         };
-        Ok((spec, source))
+        Ok((spec, source, backup))
     }
 }
 
@@ -921,6 +1120,74 @@ mod tests {
         let e = Request::parse("prepare", json!({"snapshot": {"master": {}}})).unwrap_err();
         assert!(
             matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "snapshot.master.host"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn backup_methods() {
+        let r = Request::parse(
+            "create_backup",
+            json!({"backup_info": {"id": "b-1", "name": "nightly", "backup_type": "full",
+                "parent": {"location": "s3://database_backups/i/p.manifest.json", "checksum": "ABCD"},
+                "datastore": "mariadb", "datastore_version": "10.11", "swift_url": "http://x",
+                "databases": ["app", {"_name": "crm"}]}}),
+        )
+        .unwrap();
+        assert_eq!(r.access(), Access::Read);
+        let Request::CreateBackup(o) = r else {
+            panic!("wrong variant")
+        };
+        assert_eq!(o.id, "b-1");
+        assert_eq!(o.databases.len(), 2);
+        assert_eq!(o.parent.as_ref().unwrap().checksum.as_deref(), Some("abcd"));
+        for (bad, field) in [
+            (json!({"backup_info": {"id": "../x"}}), "backup_info.id"),
+            (json!({"backup_info": {}}), "backup_info.id"),
+            (
+                json!({"backup_info": {"id": "b", "databases": ["x'; DROP"]}}),
+                "backup_info.databases[0]",
+            ),
+            (
+                json!({"backup_info": {"id": "b", "parent": {"checksum": "ab"}}}),
+                "backup_info.parent.location",
+            ),
+            (
+                json!({"backup_info": {"id": "b", "parent": {"location": "x", "checksum": "zz"}}}),
+                "backup_info.parent.checksum",
+            ),
+        ] {
+            match Request::parse("create_backup", bad) {
+                Err(RpcError::InvalidArgs { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
+        let r = Request::parse(
+            "prepare",
+            json!({"memory_mb": 512, "backup_info": {"id": "b-1", "location": "s3://c/k", "checksum": null}}),
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Request::PrepareFromBackup { ref backup, source: None, .. } if backup.location == "s3://c/k")
+        );
+        let e = Request::parse("prepare", json!({"backup_info": {"id": "b"}})).unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "backup_info.location"),
+            "{e}"
+        );
+        assert_eq!(
+            Request::parse("verify_backup", json!({"backup_info": {"location": "k"}}))
+                .unwrap()
+                .access(),
+            Access::Free
+        );
+        let e = Request::parse(
+            "restore_backup",
+            json!({"backup_info": {"location": "k"}, "database": "bad`name"}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, RpcError::InvalidArgs { ref field, .. } if field == "database"),
             "{e}"
         );
     }

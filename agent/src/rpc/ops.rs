@@ -1,4 +1,4 @@
-//! Tracked long operations (`prepare`, later backups): an id, a state, and the outcome, kept
+//! Tracked long operations (`prepare`, backups, restores, verifications): an id, a state, and the outcome, kept
 //! for the most recent operations so a control plane can poll them.
 
 use std::collections::VecDeque;
@@ -44,6 +44,9 @@ pub struct Operation {
     pub started_at: f64,
     /// End time, once finished.
     pub finished_at: Option<f64>,
+    /// Progress of a running backup, restore or verification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
     /// State and outcome.
     #[serde(flatten)]
     pub state: OpState,
@@ -71,6 +74,7 @@ impl OperationTracker {
             request_id: request_id.to_owned(),
             started_at: now(),
             finished_at: None,
+            progress: None,
             state: OpState::Running,
         };
         if let Ok(mut ops) = self.ops.lock() {
@@ -95,6 +99,15 @@ impl OperationTracker {
         {
             op.state = state;
             op.finished_at = Some(now());
+        }
+    }
+
+    /// Records the progress of operation `id`.
+    pub fn set_progress(&self, id: &str, progress: Value) {
+        if let Ok(mut ops) = self.ops.lock()
+            && let Some(op) = ops.iter_mut().find(|o| o.id == id)
+        {
+            op.progress = Some(progress);
         }
     }
 

@@ -85,11 +85,59 @@ pub struct HeartbeatPayload {
     pub service_status: DatastoreStatus,
 }
 
+/// A backup's state, as Trove's `DBBackup.state` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BackupState {
+    /// Running.
+    Building,
+    /// Stored and committed.
+    Completed,
+    /// Failed; nothing of it is left in the store.
+    Failed,
+}
+
+/// One `update_backup` report, as Trove's conductor takes it: `instance_id`, `backup_id`,
+/// `sent` and the backup's fields flattened beside them (fields that are `None` are left out,
+/// so the conductor leaves those columns alone).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupUpdate {
+    /// Instance (guest) id.
+    pub instance_id: String,
+    /// Trove's backup id.
+    pub backup_id: String,
+    /// Float seconds since the epoch; the conductor drops reports older than the last one.
+    pub sent: f64,
+    /// `BUILDING`, `COMPLETED` or `FAILED`.
+    pub state: BackupState,
+    /// Stored size in GB (so far, while building).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<f64>,
+    /// `full` or `incremental`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_type: Option<String>,
+    /// SHA-256 of the stored object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Where the backup is (its manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Whether it succeeded (on the final report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// Why it failed (extension; Trove ignores unknown fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// Outbound reports to the control plane.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + fmt::Debug {
     /// Sends one heartbeat.
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), TransportError>;
+
+    /// Sends one backup progress or outcome report (Trove's `update_backup`).
+    async fn update_backup(&self, update: &BackupUpdate) -> Result<(), TransportError>;
 }
 
 /// A control plane that only logs (the embedded default): the last heartbeat is also
@@ -101,6 +149,14 @@ pub struct LogControlPlane;
 impl ControlPlane for LogControlPlane {
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), TransportError> {
         tracing::debug!(status = %beat.payload.service_status, "Heartbeat.");
+        Ok(())
+    }
+
+    async fn update_backup(&self, u: &BackupUpdate) -> Result<(), TransportError> {
+        tracing::info!(
+            backup_id = %u.backup_id, state = ?u.state, size_gb = u.size,
+            location = u.location.as_deref().unwrap_or("-"), "Backup update."
+        );
         Ok(())
     }
 }

@@ -20,6 +20,9 @@ pub struct PgDump {
     pub create_database: bool,
     /// Restore without ownership (`--no-owner`): objects belong to the restoring role.
     pub no_owner: bool,
+    /// Restore without access privileges (`--no-privileges`), for a target that lacks the
+    /// source's roles.
+    pub no_privileges: bool,
 }
 
 impl PgDump {
@@ -29,6 +32,7 @@ impl PgDump {
             conn,
             create_database: false,
             no_owner: false,
+            no_privileges: false,
         }
     }
 }
@@ -130,6 +134,9 @@ impl BackupStrategy for PgDump {
         );
         if self.no_owner {
             args.push("--no-owner".into());
+        }
+        if self.no_privileges {
+            args.push("--no-privileges".into());
         }
         args.push(format!("--dbname={}", conninfo(&db)).into());
         let mut cmd = CommandSpec::new(self.conn.tool("pg_restore"), args);

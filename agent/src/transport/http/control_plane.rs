@@ -1,5 +1,5 @@
-//! Heartbeats to an HTTP control plane: each [`Heartbeat`] is POSTed as JSON to
-//! `<url>/heartbeat`.
+//! Reports to an HTTP control plane: each [`Heartbeat`] is POSTed as JSON to `<url>/heartbeat`,
+//! each [`BackupUpdate`] to `<url>/update_backup`.
 //!
 //! Only the configured CA is trusted (no system roots), a client certificate is presented
 //! when configured, redirects are not followed and proxy variables are ignored, so a
@@ -12,17 +12,18 @@ use async_trait::async_trait;
 use super::client::chain;
 use super::tls;
 use crate::config::ControlPlaneHttp;
-use crate::transport::{ControlPlane, Heartbeat, TransportError};
+use crate::transport::{BackupUpdate, ControlPlane, Heartbeat, TransportError};
 
 /// Deadline for one heartbeat; well below the usual 30 s interval, so beats do not pile up.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a rejecting answer's body goes into the error.
 const MAX_ERROR_BODY: usize = 512;
 
-/// Reports heartbeats to `<url>/heartbeat`.
+/// Reports heartbeats to `<url>/heartbeat` and backups to `<url>/update_backup`.
 #[derive(Debug, Clone)]
 pub struct HttpControlPlane {
     endpoint: reqwest::Url,
+    backups: reqwest::Url,
     http: reqwest::Client,
 }
 
@@ -60,8 +61,10 @@ impl HttpControlPlane {
             }
         }
         let config = tls::client_config(cfg.ca.as_deref(), identity)?;
-        let path = format!("{}/heartbeat", endpoint.path().trim_end_matches('/'));
-        endpoint.set_path(&path);
+        let base = endpoint.path().trim_end_matches('/').to_owned();
+        let mut backups = endpoint.clone();
+        backups.set_path(&format!("{base}/update_backup"));
+        endpoint.set_path(&format!("{base}/heartbeat"));
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .timeout(HEARTBEAT_TIMEOUT)
@@ -69,7 +72,11 @@ impl HttpControlPlane {
             .no_proxy()
             .build()
             .map_err(|e| TransportError::Tls(format!("building the HTTP client: {}", chain(&e))))?;
-        Ok(Self { endpoint, http })
+        Ok(Self {
+            endpoint,
+            backups,
+            http,
+        })
     }
 
     /// Where heartbeats go.
@@ -78,18 +85,20 @@ impl HttpControlPlane {
     }
 }
 
-#[async_trait]
-impl ControlPlane for HttpControlPlane {
-    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), TransportError> {
+impl HttpControlPlane {
+    /// POSTs `body` as JSON to `url`; a non-2xx answer is `Rejected` with the start of its body.
+    async fn post<T: serde::Serialize + Sync>(
+        &self,
+        url: &reqwest::Url,
+        body: &T,
+    ) -> Result<(), TransportError> {
         let resp = self
             .http
-            .post(self.endpoint.clone())
-            .json(beat)
+            .post(url.clone())
+            .json(body)
             .send()
             .await
-            .map_err(|e| {
-                TransportError::Unreachable(format!("{}: {}", self.endpoint, chain(&e)))
-            })?;
+            .map_err(|e| TransportError::Unreachable(format!("{url}: {}", chain(&e))))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -106,10 +115,20 @@ impl ControlPlane for HttpControlPlane {
         body.truncate(MAX_ERROR_BODY);
         let text = String::from_utf8_lossy(&body);
         Err(TransportError::Rejected(format!(
-            "{} answered HTTP {status}: {}",
-            self.endpoint,
+            "{url} answered HTTP {status}: {}",
             text.trim()
         )))
+    }
+}
+
+#[async_trait]
+impl ControlPlane for HttpControlPlane {
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), TransportError> {
+        self.post(&self.endpoint, beat).await
+    }
+
+    async fn update_backup(&self, update: &BackupUpdate) -> Result<(), TransportError> {
+        self.post(&self.backups, update).await
     }
 }
 
@@ -130,6 +149,10 @@ mod tests {
     fn endpoint_and_settings() {
         let cp = HttpControlPlane::new(&cfg("http://127.0.0.1:9/trove/")).unwrap();
         assert_eq!(cp.endpoint(), "http://127.0.0.1:9/trove/heartbeat");
+        assert_eq!(
+            cp.backups.as_str(),
+            "http://127.0.0.1:9/trove/update_backup"
+        );
         let e = HttpControlPlane::new(&cfg("https://cp.example"))
             .unwrap_err()
             .to_string();
