@@ -238,6 +238,11 @@ impl BackupService {
         Ok(RunningGuard(Arc::clone(&self.running)))
     }
 
+    /// The id of the backup running now, if any.
+    pub fn running(&self) -> Option<String> {
+        self.running.lock().ok().and_then(|r| r.clone())
+    }
+
     /// Creates the bucket or containers when they do not exist yet (once per process).
     ///
     /// # Errors

@@ -249,9 +249,9 @@ impl Dispatcher {
         let this = Arc::clone(self);
         let id = op.id.clone();
         self.tasks.spawn(async move {
+            // No datastore lock: a backup runs for long and only reads, so other operations
+            // go on; those that would stop the server are refused while the slot is held.
             let _slot = guard;
-            // Shares the datastore with reads; a stop, restart or reconfiguration waits.
-            let _lock = this.datastore.read().await;
             let backup_type = if parent.is_some() {
                 "incremental"
             } else {

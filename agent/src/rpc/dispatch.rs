@@ -265,9 +265,34 @@ impl Dispatcher {
                     _ => {}
                 }
                 self.require_prepared("change")?;
+                self.refuse_during_backup(method, &req)?;
                 let _guard = self.datastore.write().await;
                 self.run_locked(method, req, ctx).await
             }
+        }
+    }
+
+    /// Refuses operations that stop, restart or re-seed the server while a backup streams
+    /// from it (the backup would fail half-way); other changes go ahead.
+    fn refuse_during_backup(&self, method: &str, req: &Request) -> Result<(), RpcError> {
+        let disruptive = matches!(
+            req,
+            Request::Restart
+                | Request::StopDb
+                | Request::StartWithConfChanges(_)
+                | Request::AttachReplica(_)
+                | Request::DetachReplica { .. }
+                | Request::EnableAsMaster
+                | Request::PromoteToReplicaSource
+                | Request::DemoteMaster
+        );
+        match self.backups.as_ref().and_then(|b| b.running()) {
+            Some(id) if disruptive => Err(DriverError::InvalidState {
+                operation: "change",
+                reason: format!("{method} must wait: backup '{id}' is running"),
+            }
+            .into()),
+            _ => Ok(()),
         }
     }
 
