@@ -322,11 +322,17 @@ impl BackupService {
         ObjectKey::new(key).map_err(|e| e.to_string())
     }
 
-    /// The strategy `id` for tools that reach the datastore as `access` says.
+    /// The strategy `id` for tools that reach the datastore as `access` says. `keep_owners`:
+    /// a logical restore keeps the source's object owners and grants (the target has those
+    /// roles: the same server); otherwise objects go to the restoring administrator.
     ///
     /// # Errors
     /// `InvalidArgument` for a strategy this agent does not know.
-    pub fn strategy(id: &str, access: &ToolAccess) -> Result<Box<dyn BackupStrategy>, BackupError> {
+    pub fn strategy(
+        id: &str,
+        access: &ToolAccess,
+        keep_owners: bool,
+    ) -> Result<Box<dyn BackupStrategy>, BackupError> {
         let find = |name: &str| find_tool(&access.bin_dirs, name);
         match id {
             "pg_basebackup" | "pg_dump" => {
@@ -345,18 +351,23 @@ impl BackupService {
                     Ok(Box::new(PgBasebackup::new(conn)))
                 } else {
                     let mut s = PgDump::new(conn);
-                    // A restore target lacks the source's roles: objects go to the restoring
-                    // administrator, grants are given again through the agent.
                     s.create_database = true;
-                    s.no_owner = true;
-                    s.no_privileges = true;
+                    // A new server lacks the source's roles: there objects go to the
+                    // restoring administrator and grants are given again through the agent.
+                    s.no_owner = !keep_owners;
+                    s.no_privileges = !keep_owners;
                     Ok(Box::new(s))
                 }
             }
             "mariabackup" | "mariadb_dump" => {
+                // The tools take one option file first; the credentials file includes the
+                // server's.
                 let conn = MyConn {
-                    defaults_file: access.server_config.clone(),
-                    defaults_extra_file: access.credentials_file.clone(),
+                    defaults_file: access
+                        .credentials_file
+                        .clone()
+                        .or_else(|| access.server_config.clone()),
+                    defaults_extra_file: None,
                     socket: Some(access.socket.clone()),
                     host: None,
                     port: None,
@@ -418,10 +429,11 @@ fn create_private_dir(dir: &Path) -> Result<(), ConfigError> {
         })
 }
 
-/// Gigabytes with two decimals, Trove's unit for a backup's `size`.
+/// Gigabytes (GiB), Trove's unit for a backup's `size`, to the byte's precision a float
+/// keeps (small backups must not read as 0).
 #[allow(clippy::cast_precision_loss)]
 pub fn gb(bytes: u64) -> f64 {
-    (bytes as f64 / f64::from(1u32 << 30) * 100.0).round() / 100.0
+    bytes as f64 / f64::from(1u32 << 30)
 }
 
 #[cfg(test)]
@@ -508,9 +520,12 @@ mod tests {
             os_user: Some("postgres".into()),
         };
         for id in STRATEGIES {
-            assert_eq!(BackupService::strategy(id, &access).unwrap().id(), *id);
+            assert_eq!(
+                BackupService::strategy(id, &access, false).unwrap().id(),
+                *id
+            );
         }
-        assert!(BackupService::strategy("rsync", &access).is_err());
+        assert!(BackupService::strategy("rsync", &access, true).is_err());
         assert!(is_logical("pg_dump") && !is_logical("mariabackup"));
         assert!((gb(3 << 30) - 3.0).abs() < 1e-9);
     }

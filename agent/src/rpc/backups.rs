@@ -231,7 +231,7 @@ impl Dispatcher {
         };
         let c = self.op_context(ctx);
         let access = hooks.tool_access(&c).await?;
-        let strategy = BackupService::strategy(strategy_id, &access)?;
+        let strategy = BackupService::strategy(strategy_id, &access, false)?;
         if parent.is_some() && !strategy.supports_incremental() {
             return Err(RpcError::invalid_args(
                 M,
@@ -258,8 +258,7 @@ impl Dispatcher {
                 "full"
             };
             tracing::info!(operation = %id, backup_id = %order.id, strategy = strategy_id, "Backup started.");
-            let mut building = this.update(&order.id, BackupState::Building, backup_type);
-            building.size = Some(super::dataset_sizes(&this.data_dir).0);
+            let building = this.update(&order.id, BackupState::Building, backup_type);
             this.send_update(&building, 1).await;
             let outcome = this
                 .run_backup(&svc, hooks_of(&this), &order, strategy.as_ref(), parent, &id, &c)
@@ -435,7 +434,7 @@ impl Dispatcher {
         let key = self.backup_key(M, "backup_info.location", backup)?;
         let (strategy_id, chain) = self.check_restorable(&svc, hooks, &key, backup).await?;
         let access = hooks.tool_access(c).await?;
-        let strategy = BackupService::strategy(&strategy_id, &access)?;
+        let strategy = BackupService::strategy(&strategy_id, &access, false)?;
         let progress = Some(self.progress_fn(op_id, None));
         tracing::info!(backup = %key, strategy = %strategy_id, backups = chain.len(), "Restoring a backup.");
         let outcome = if is_logical(&strategy_id) {
@@ -562,7 +561,8 @@ impl Dispatcher {
                     ));
                 }
                 let access = hooks.tool_access(&c).await?;
-                let strategy = BackupService::strategy(&strategy_id, &access)?;
+                // The same server: its roles own what they owned.
+                let strategy = BackupService::strategy(&strategy_id, &access, true)?;
                 let req = RestoreRequest {
                     database: database.as_ref().map(|d| d.as_str().to_owned()),
                     ..RestoreRequest::default()

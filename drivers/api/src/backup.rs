@@ -23,11 +23,12 @@ pub struct ToolAccess {
     pub port: u16,
     /// Account the tools log in as (PostgreSQL: also for replication connections).
     pub user: String,
-    /// Credentials for that account: a `[client]` option file (MySQL,
-    /// `--defaults-extra-file`) or a libpq password file (PostgreSQL, `PGPASSFILE`); `None`
-    /// when the login needs none (peer identity over the socket).
+    /// Credentials for that account: for MySQL an option file the tools read as their only
+    /// `--defaults-file` (it includes [`ToolAccess::server_config`] and adds the account), for
+    /// PostgreSQL a libpq password file (`PGPASSFILE`); `None` when the login needs none (peer
+    /// identity over the socket).
     pub credentials_file: Option<PathBuf>,
-    /// The server's option file that tools read first (MySQL `--defaults-file`), if any.
+    /// The server's own option file (MySQL `my.cnf`), for tools that need no login.
     pub server_config: Option<PathBuf>,
     /// The server's data directory.
     pub data_dir: PathBuf,
@@ -45,13 +46,7 @@ pub trait BackupHooks: Send + Sync {
     fn strategies(&self) -> &[StrategyId];
 
     /// How tools reach the datastore; writes the credentials file when one is needed.
-    async fn tool_access(&self, ctx: &OpContext) -> Result<ToolAccess> {
-        let _ = ctx;
-        Err(crate::Error::NotSupported {
-            operation: "backup tool access",
-            driver: "TEMPORARY",
-        })
-    }
+    async fn tool_access(&self, ctx: &OpContext) -> Result<ToolAccess>;
 
     /// Runs before a backup; returns metadata to store with it (binlog position ...).
     async fn before_backup(

@@ -106,7 +106,7 @@ fn random_server_id() -> Result<u32> {
 
 impl MySqlDriver {
     /// The OS account to hand files to: the configured user when the agent runs as root.
-    fn owner(&self) -> Result<Option<Owner>> {
+    pub(crate) fn owner(&self) -> Result<Option<Owner>> {
         let Some(name) = self.os_user.as_deref() else {
             return Ok(None);
         };
@@ -305,7 +305,7 @@ impl MySqlDriver {
 
     /// Waits until the server accepts sessions, it exits, the start timeout (or the caller's
     /// deadline) passes or the operation is cancelled.
-    async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
+    pub(crate) async fn wait_ready(&self, ctx: &OpContext) -> Result<()> {
         guest_agent_api::runtime::wait_ready(
             ctx,
             self.runtime.as_ref(),

@@ -222,7 +222,7 @@ impl MySqlDriver {
     }
 
     /// Stops replicating and forgets the source (both harmless when nothing replicates).
-    async fn stop_and_reset(&self, s: &mut Session) -> Result<()> {
+    pub(crate) async fn stop_and_reset(&self, s: &mut Session) -> Result<()> {
         let (stop, reset) = (s.server.stop_replica_sql(), s.server.reset_replica_sql());
         s.exec(stop, None).await?;
         s.exec(reset, None).await

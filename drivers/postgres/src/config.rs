@@ -201,7 +201,8 @@ pub(crate) fn include_line() -> String {
 }
 
 /// `pg_hba.conf`: the administrative role over the local socket by the OS identity of the
-/// agent (mapped in `pg_ident.conf`), everything else SCRAM-SHA-256, nothing trusted; the
+/// agent (mapped in `pg_ident.conf`) — also for replication connections, which the agent's
+/// backup tools (`pg_basebackup`) open —, everything else SCRAM-SHA-256, nothing trusted; the
 /// replication role may open replication connections.
 ///
 /// Peer identity rather than a password on the socket lets the driver administer a replica
@@ -211,6 +212,7 @@ pub(crate) fn render_hba(replication_user: &str) -> String {
         "# Managed by guest-agent; rewritten on prepare. Do not edit.\n\
          # TYPE  DATABASE     USER          ADDRESS     METHOD\n\
          local   all          {ADMIN_USER}                  peer map={IDENT_MAP}\n\
+         local   replication  {ADMIN_USER}                  peer map={IDENT_MAP}\n\
          local   all          all                       scram-sha-256\n\
          host    all          all           0.0.0.0/0   scram-sha-256\n\
          host    all          all           ::/0        scram-sha-256\n\
@@ -715,6 +717,9 @@ mod tests {
             hba.contains("local   all          postgres                  peer map=guest-agent")
         );
         assert!(hba.contains("host    replication  replicator"));
+        assert!(
+            hba.contains("local   replication  postgres                  peer map=guest-agent")
+        );
         // The admin line comes before the catch-all local line (first match wins).
         assert!(hba.find("peer").unwrap() < hba.find("local   all          all").unwrap());
         assert!(include_line().contains("include 'guest-agent.conf'"));

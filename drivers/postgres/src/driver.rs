@@ -158,7 +158,7 @@ fn capabilities() -> Capabilities {
     c.root = true;
     c.config = true;
     c.replication = true;
-    c.backup = false;
+    c.backup = true;
     c
 }
 
@@ -346,7 +346,7 @@ impl Driver for PgDriver {
     }
 
     fn backup(&self) -> Option<&dyn BackupHooks> {
-        None
+        Some(self)
     }
 }
 
@@ -412,8 +412,12 @@ mod tests {
         let c = d.info().capabilities;
         assert!(c.databases && c.users && c.grants && c.root && c.user_rename);
         assert!(c.config && c.replication);
-        assert!(!c.user_hosts && !c.backup);
-        assert!(d.replication().is_some() && d.backup().is_none());
+        assert!(!c.user_hosts && c.backup);
+        assert!(d.replication().is_some());
+        assert_eq!(
+            d.backup().map(guest_agent_api::BackupHooks::strategies),
+            Some(&["pg_basebackup", "pg_dump"][..])
+        );
         assert_eq!(d.info().managers, ["postgresql"]);
     }
 

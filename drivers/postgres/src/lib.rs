@@ -22,6 +22,7 @@
 //! ```
 
 mod admin;
+mod backup;
 mod config;
 mod driver;
 mod error;

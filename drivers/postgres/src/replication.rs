@@ -46,7 +46,7 @@ const MAX_SLOT_LEN: usize = 63;
 /// Length of the generated replication password.
 const REPLICATION_PASSWORD_LEN: usize = 32;
 /// The walreceiver's password file, in the data directory (mode 0600).
-const PASSFILE: &str = "guest-agent-replication.pgpass";
+pub(crate) const PASSFILE: &str = "guest-agent-replication.pgpass";
 /// The tools' short-lived password file, in the run directory.
 const TOOL_PASSFILE: &str = ".replication.pgpass";
 /// This node's own slot name when it attaches without being told one, in the state directory.
@@ -63,7 +63,7 @@ const SOURCE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REWIND_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Files that describe this server rather than its data: kept across seeding and rewinding,
 /// which copy the source's.
-const LOCAL_FILES: &[&str] = &[
+pub(crate) const LOCAL_FILES: &[&str] = &[
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
@@ -73,10 +73,10 @@ const LOCAL_FILES: &[&str] = &[
     OVERRIDES_CONF_FILE,
 ];
 /// Local files by name, `None` for one that did not exist.
-type KeptFiles = Vec<(&'static str, Option<Vec<u8>>)>;
+pub(crate) type KeptFiles = Vec<(&'static str, Option<Vec<u8>>)>;
 /// Signal files that start the server in recovery.
-const STANDBY_SIGNAL: &str = "standby.signal";
-const RECOVERY_SIGNAL: &str = "recovery.signal";
+pub(crate) const STANDBY_SIGNAL: &str = "standby.signal";
+pub(crate) const RECOVERY_SIGNAL: &str = "recovery.signal";
 /// The function grants `pg_rewind` needs on the source (instead of superuser), plus reading
 /// the source's system identifier.
 const REWIND_GRANTS: &str = "GRANT EXECUTE ON FUNCTION \
@@ -452,7 +452,7 @@ impl PgDriver {
     }
 
     /// The files describing this server, to put back after the source's were copied in.
-    fn keep_local_files(&self) -> Result<KeptFiles> {
+    pub(crate) fn keep_local_files(&self) -> Result<KeptFiles> {
         LOCAL_FILES
             .iter()
             .map(|name| {
@@ -466,7 +466,11 @@ impl PgDriver {
             .collect()
     }
 
-    fn restore_local_files(&self, kept: &KeptFiles, owner: Option<&Owner>) -> Result<()> {
+    pub(crate) fn restore_local_files(
+        &self,
+        kept: &KeptFiles,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         for (name, bytes) in kept {
             let path = self.data_dir.join(name);
             match bytes {
@@ -481,7 +485,7 @@ impl PgDriver {
     ///
     /// The old contents are moved into a directory beside it when the file system allows and
     /// removed in the background, so the copy does not wait for the removal.
-    fn clear_data_dir(&self) -> Result<()> {
+    pub(crate) fn clear_data_dir(&self) -> Result<()> {
         let trash = self.data_dir.parent().and_then(|parent| {
             let name = self.data_dir.file_name()?.to_string_lossy().into_owned();
             let suffix = Password::generate(16).ok()?.expose().to_ascii_lowercase();
@@ -706,7 +710,7 @@ impl PgDriver {
     }
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
         _ => Ok(()),
