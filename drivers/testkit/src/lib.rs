@@ -2,7 +2,7 @@
 //!
 //! The conformance suite every guest-agent datastore driver must pass. Each behaviour is a
 //! plain `pub async fn name(h: &Harness)` in the module of its API group ([`admin`],
-//! [`lifecycle`], [`health`], [`config`], [`replication`], [`capability`], [`hostile`]). A driver runs the whole suite with
+//! [`lifecycle`], [`health`], [`config`], [`replication`], [`backup`], [`capability`], [`hostile`]). A driver runs the whole suite with
 //! one macro call in its `tests/conformance.rs`:
 //!
 //! ```no_run
@@ -31,6 +31,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
+pub mod backup;
 pub mod capability;
 pub mod check;
 pub mod config;
@@ -106,6 +107,9 @@ macro_rules! conformance_tests {
         );
         $crate::__kit_group!(replication;
             attach_wait_promote,
+        );
+        $crate::__kit_group!(backup;
+            tool_access_is_usable,
         );
     };
 }
