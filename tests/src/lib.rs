@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 pub mod agent;
+pub mod backup;
 pub mod certs;
 pub mod client;
 pub mod mariadb;

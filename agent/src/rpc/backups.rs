@@ -680,6 +680,15 @@ impl Dispatcher {
         const M: &str = "delete_backup";
         let svc = self.backup_service()?;
         let key = self.backup_key(M, "backup_info.location", &backup)?;
+        if let Some(child) = child_of(svc, &key).await? {
+            return Err(DriverError::InvalidState {
+                operation: M,
+                reason: format!(
+                    "backup '{child}' is an incremental backup on top of it; delete that first"
+                ),
+            }
+            .into());
+        }
         svc.engine().delete(&key).await?;
         Ok(Value::Null)
     }
@@ -698,6 +707,40 @@ impl Dispatcher {
             Ok(json!({}))
         }
     }
+}
+
+/// The id of a backup stored beside `key` (same prefix) whose parent is `key`, if any: a
+/// parent deleted first would leave its incremental children unrestorable.
+async fn child_of(svc: &BackupService, key: &ObjectKey) -> Result<Option<String>, RpcError> {
+    use futures::StreamExt;
+    let dir = key
+        .as_str()
+        .rsplit_once('/')
+        .map_or(String::new(), |(d, _)| format!("{d}/"));
+    let mut listing = svc.engine().store().list(&dir);
+    while let Some(meta) = listing.next().await {
+        let meta = meta?;
+        let k = &meta.key;
+        if k == key
+            || !k
+                .as_str()
+                .ends_with(guest_agent_backup::manifest::MANIFEST_SUFFIX)
+        {
+            continue;
+        }
+        // An unreadable neighbour is not this backup's child as far as can be told.
+        let Ok(m) = svc.engine().manifest(k).await else {
+            continue;
+        };
+        if let BackupKind::Incremental {
+            parent_manifest, ..
+        } = &m.kind
+            && parent_manifest == key.as_str()
+        {
+            return Ok(Some(m.backup_id));
+        }
+    }
+    Ok(None)
 }
 
 fn hooks_of(d: &Dispatcher) -> Result<&dyn BackupHooks, RpcError> {
