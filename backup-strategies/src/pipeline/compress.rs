@@ -31,6 +31,9 @@ impl Default for ZstdOpts {
     }
 }
 
+/// Bytes of input per multi-threaded compression job (zstd's minimum is 512 KiB).
+const MT_JOB_SIZE: u32 = 1 << 20;
+
 /// Sends `e` unless the next stage is gone (then nobody needs it).
 fn report(tx: &mpsc::Sender<Result<Block>>, e: BackupError) {
     let _ = tx.blocking_send(Err(e));
@@ -62,6 +65,10 @@ pub fn compress(
             let mut enc = zstd::stream::write::Encoder::new(writer, opts.level).map_err(io)?;
             if opts.workers > 0 {
                 enc.multithread(opts.workers).map_err(io)?;
+                // zstd's default job is 4 windows (8 MiB at level 3) per worker, in and out;
+                // small jobs keep the compressor's memory near the pipeline budget.
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(MT_JOB_SIZE))
+                    .map_err(io)?;
             }
             enc.include_checksum(true).map_err(io)?;
             while let Some(item) = input.blocking_recv() {
