@@ -50,6 +50,15 @@ struct Args {
     /// Rows of the large MariaDB table (about 250 bytes each; the small one has a tenth).
     #[arg(long, default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(10_000..))]
     maria_rows: u64,
+    /// `backup.part_size_mib` of the agents (default: the agent's own default).
+    #[arg(long)]
+    part_size_mib: Option<u64>,
+    /// `backup.upload_concurrency` of the agents (default: the agent's own default).
+    #[arg(long)]
+    upload_concurrency: Option<u64>,
+    /// Benchmark only this datastore (`postgresql` or `mariadb`).
+    #[arg(long, value_parser = ["postgresql", "mariadb"])]
+    only: Option<String>,
     /// Where the figures go as JSON.
     #[arg(long, default_value_os_t = guest_agent_e2e::workspace_root().join("bench").join("backup.json"))]
     out: PathBuf,
@@ -368,9 +377,16 @@ async fn bench_datastore(args: &Args, maria: bool, keys: &Path) -> Result<Value>
         "guest-agent gen-backup-key",
     )?;
     let mut section = s3_section(&bucket, Some(&key));
-    // The agent's defaults, not the tests' small parts.
-    section["part_size_mib"] = json!(8);
-    section["progress_interval_secs"] = json!(5);
+    // The agent's defaults unless told, not the tests' small parts.
+    let obj = section.as_object_mut().context("backup section")?;
+    obj.remove("part_size_mib");
+    obj.remove("progress_interval_secs");
+    if let Some(p) = args.part_size_mib {
+        section["part_size_mib"] = json!(p);
+    }
+    if let Some(c) = args.upload_concurrency {
+        section["upload_concurrency"] = json!(c);
+    }
     let prepare = if maria {
         maria_prepare()
     } else {
@@ -505,6 +521,10 @@ async fn main() -> Result<()> {
     let keys = tempfile::tempdir()?;
     let mut results = Vec::new();
     for maria in [false, true] {
+        let name = if maria { "mariadb" } else { "postgresql" };
+        if args.only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         results.push(bench_datastore(&args, maria, keys.path()).await?);
     }
     println!();
@@ -529,7 +549,11 @@ async fn main() -> Result<()> {
         "when": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "machine": format!("{} cores", std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)),
         "store": "OpenStack Swift all-in-one, S3 API (s3api), 127.0.0.1",
-        "agent_pipeline": "zstd -3 (2 workers), AES-256-GCM, 8 MiB parts, 3 in flight",
+        "agent_pipeline": format!(
+            "zstd -3 (2 workers), AES-256-GCM, parts of {} MiB, {} in flight",
+            args.part_size_mib.map_or_else(|| "default".to_owned(), |p| p.to_string()),
+            args.upload_concurrency.map_or_else(|| "default".to_owned(), |c| c.to_string()),
+        ),
         "by_hand_pipeline": "tool | zstd -3 -T2 | aws s3 cp -",
         "runs": args.runs,
         "targets": {"ratio_max": TARGET_RATIO, "peak_rss_mib_max": TARGET_RSS_MIB},
