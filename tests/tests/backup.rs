@@ -523,6 +523,16 @@ async fn mariadb_full_and_incremental_through_s3_restore_into_a_fresh_instance()
         left.iter().all(|o| !o.contains("mdb-incr")),
         "delete_backup left objects of the incremental: {left:?}"
     );
+    // And the full one whose manifest was lost: its data object goes too.
+    let r = a
+        .rpc("delete_backup", &json!({"backup_info": backup_ref(&full)}))
+        .await;
+    assert_eq!(r.status, 200, "delete_backup: {}", r.body);
+    let left = swift.everything(&container).await;
+    assert!(
+        left.iter().all(|o| !o.contains("mdb-full")),
+        "delete_backup left objects of the full backup: {left:?}"
+    );
 
     swift.purge(&container).await;
 }

@@ -689,7 +689,19 @@ impl Dispatcher {
             }
             .into());
         }
+        // A manifest already gone (lost outside the agent) still names its data object: the
+        // data key is the manifest key without its suffix.
+        let orphan = match svc.engine().manifest(&key).await {
+            Err(e) if e.is_not_found() => key
+                .as_str()
+                .strip_suffix(guest_agent_backup::manifest::MANIFEST_SUFFIX)
+                .and_then(|k| ObjectKey::new(k).ok()),
+            _ => None,
+        };
         svc.engine().delete(&key).await?;
+        if let Some(data) = orphan {
+            svc.engine().store().delete(&data).await?;
+        }
         Ok(Value::Null)
     }
 
