@@ -2,7 +2,8 @@
 //! `[client]` option file with the administrative account), the binary log position recorded
 //! with a backup (Trove's `pre_create_backup` answer), and stopping, emptying, fixing
 //! ownership and starting around a restore — a restored `mysql` schema is the source's, so the
-//! first start after a restore puts this server's administrative account back.
+//! first start after a restore puts this server's administrative account back and forgets
+//! every replication source the source server knew (the default and named connections).
 
 use std::fs;
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::ffi::OsString;
 use crate::driver::SOCKET_FILE;
 use crate::position::applied;
 use crate::replication::column;
-use crate::sql::{account, quote_string, read_admin_password};
+use crate::sql::{Session, account, quote_string, read_admin_password};
 use crate::{ADMIN_USER, MySqlDriver};
 use async_trait::async_trait;
 use guest_agent_api::backup::{BackupHooks, StrategyId, ToolAccess};
@@ -101,10 +102,27 @@ impl MySqlDriver {
         self.runtime.start(&spec).await?;
         self.wait_ready(ctx).await?;
         let mut s = self.connector.connect().await?;
-        let out = self.stop_and_reset(&mut s).await;
+        let out = forget_sources(self, &mut s).await;
         s.close().await;
         out
     }
+}
+
+/// Stops and forgets every replication source the restored server knows: the default one
+/// the driver manages and, on MariaDB, any named (multi-source) connection the backup
+/// carried.
+async fn forget_sources(driver: &MySqlDriver, s: &mut Session) -> Result<()> {
+    if s.server.is_mariadb() {
+        s.exec("STOP ALL SLAVES", None).await?;
+        for row in s.rows("SHOW ALL SLAVES STATUS").await? {
+            if let Some(name) = column(&row, &["Connection_name"]).filter(|n| !n.is_empty()) {
+                tracing::info!(connection = %name, "Forgetting a restored replication source.");
+                s.exec(&format!("RESET SLAVE {} ALL", quote_string(&name)?), None)
+                    .await?;
+            }
+        }
+    }
+    driver.stop_and_reset(s).await
 }
 
 /// Removes everything inside `dir`, keeping `dir` itself (it may be a mount point).
@@ -217,6 +235,19 @@ impl BackupHooks for MySqlDriver {
 
     async fn finish_restore(&self, ctx: &OpContext) -> Result<()> {
         ctx.cancelled()?;
+        let schema = self.data_dir.join("mysql");
+        if !schema
+            .try_exists()
+            .map_err(|e| Error::io(format!("inspecting {}", schema.display()), e))?
+        {
+            return Err(Error::InvalidState {
+                operation: "finish restore",
+                reason: format!(
+                    "the data directory {} holds no restored server (no mysql schema)",
+                    self.data_dir.display()
+                ),
+            });
+        }
         if let Some(o) = self.file_owner()? {
             chown_tree(&self.data_dir, o.0, o.1)?;
         }

@@ -2,20 +2,29 @@
 //! its Unix socket as `postgres` by the agent's peer identity (pg_hba admits replication
 //! connections for it too), so no password file is needed; around a physical restore the
 //! driver keeps the files that describe this server (port, socket, access rules,
-//! configuration) aside in its state directory and puts them back over the source's.
+//! configuration) aside in its state directory and puts them back over the source's, drops
+//! the source's replication state, hands the restored files to the OS user and gives the
+//! restored catalog's administrative and replication roles this server's stored passwords.
 
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use guest_agent_api::backup::{BackupHooks, StrategyId, ToolAccess};
-use guest_agent_api::fsutil::{ensure_dir, io_err, write_file};
+use guest_agent_api::fsutil::{Owner, ensure_dir, io_err, write_file};
 use guest_agent_api::{Error, Lifecycle, OpContext, Result, StopMode};
 
+use crate::config::{include_line, read_optional};
+use crate::error::{Subject, stmt};
 use crate::replication::{
     LOCAL_FILES, PASSFILE, RECOVERY_SIGNAL, STANDBY_SIGNAL, remove_if_exists,
 };
-use crate::{ADMIN_USER, PgDriver, ROLE_CONF_FILE};
+use crate::sql::{Connector, password_literal, quote_ident, read_admin_password};
+use crate::{
+    ADMIN_USER, MANAGED_CONF_FILE, PgDriver, REPLICATION_PASSWORD_FILE, REPLICATION_USER,
+    ROLE_CONF_FILE,
+};
 
 /// Physical first: the default.
 const STRATEGIES: &[StrategyId] = &["pg_basebackup", "pg_dump"];
@@ -23,10 +32,28 @@ const STRATEGIES: &[StrategyId] = &["pg_basebackup", "pg_dump"];
 const STASH_DIR: &str = "restore-stash";
 /// Marker in the stash: the stash is complete (written last).
 const STASH_DONE: &str = ".complete";
+/// The tools' scratch directory in the state directory.
+const TOOL_TMP_DIR: &str = "tmp";
+/// Files a restored data directory may carry that mean nothing on this server: the source's
+/// replication role settings and walreceiver password file, its recovery signals and its
+/// run files.
+const SOURCE_ONLY_FILES: &[&str] = &[
+    ROLE_CONF_FILE,
+    PASSFILE,
+    STANDBY_SIGNAL,
+    RECOVERY_SIGNAL,
+    "postmaster.pid",
+    "postmaster.opts",
+];
 
 impl PgDriver {
     fn stash_dir(&self) -> PathBuf {
         self.state_dir.join(STASH_DIR)
+    }
+
+    /// Whether the stash holds a complete copy of this server's files.
+    fn stash_complete(&self) -> bool {
+        self.stash_dir().join(STASH_DONE).exists()
     }
 
     /// Copies this server's own files into the stash (absent ones stay absent there).
@@ -44,10 +71,11 @@ impl PgDriver {
         write_file(&dir.join(STASH_DONE), b"", 0o600, None)
     }
 
-    /// Puts the stashed files back over what the restore brought, then drops the stash.
-    fn unstash_local_files(&self) -> Result<()> {
+    /// Puts the stashed files back over what the restore brought (the stash stays until the
+    /// restored server runs, so a failed finish can be retried).
+    fn unstash_local_files(&self, owner: Option<&Owner>) -> Result<()> {
         let dir = self.stash_dir();
-        if !dir.join(STASH_DONE).exists() {
+        if !self.stash_complete() {
             return Err(Error::InvalidState {
                 operation: "finish restore",
                 reason: format!(
@@ -56,18 +84,92 @@ impl PgDriver {
                 ),
             });
         }
-        let owner = self.owner()?;
         for name in LOCAL_FILES {
             let stashed = dir.join(name);
             let target = self.data_dir.join(name);
             match fs::read(&stashed) {
-                Ok(b) => write_file(&target, &b, 0o600, owner.as_ref())?,
+                Ok(b) => write_file(&target, &b, 0o600, owner)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_if_exists(&target)?,
                 Err(e) => return Err(io_err("reading", &stashed)(e)),
             }
         }
-        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
+        Ok(())
     }
+
+    /// Makes sure `postgresql.conf` includes the managed file (exactly once when the driver
+    /// adds it) and the managed file its own includes.
+    fn ensure_managed_include(&self, owner: Option<&Owner>) -> Result<()> {
+        let path = self.data_dir.join("postgresql.conf");
+        let text = read_optional(&path)?.unwrap_or_default();
+        if include_count(&text) == 0 {
+            let mut new = text;
+            new.push_str(&include_line());
+            write_file(&path, new.as_bytes(), 0o600, owner)?;
+            tracing::info!("Added the managed include line to the restored postgresql.conf.");
+        }
+        self.ensure_includes()
+    }
+
+    /// Gives the restored catalog's administrative and replication roles this server's
+    /// stored passwords (the catalog came with the source's).
+    async fn adopt_role_passwords(&self) -> Result<()> {
+        let client = self.session.client().await?;
+        let admin = read_admin_password(&Connector::admin_password_path(&self.state_dir))?;
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD {}",
+                quote_ident(ADMIN_USER)?,
+                password_literal(&admin)?
+            ))
+            .await
+            .map_err(stmt(Some(Subject::user(ADMIN_USER))))?;
+        let stored = self.state_dir.join(REPLICATION_PASSWORD_FILE);
+        if !stored.try_exists().map_err(io_err("inspecting", &stored))? {
+            return Ok(());
+        }
+        let password = read_admin_password(&stored)?;
+        let subject = Some(Subject::user(REPLICATION_USER));
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                &[&REPLICATION_USER],
+            )
+            .await
+            .map_err(stmt(subject))?
+            .is_some();
+        if exists {
+            client
+                .batch_execute(&format!(
+                    "ALTER ROLE {} PASSWORD {}",
+                    quote_ident(REPLICATION_USER)?,
+                    password_literal(&password)?
+                ))
+                .await
+                .map_err(stmt(subject))?;
+        }
+        Ok(())
+    }
+}
+
+/// How many lines of `text` include the managed file.
+fn include_count(text: &str) -> usize {
+    let want = format!("include '{MANAGED_CONF_FILE}'");
+    text.lines().filter(|l| l.trim() == want).count()
+}
+
+/// Hands `path` and everything below it to `owner` (symbolic links themselves, never what
+/// they point at; the walk does not follow them).
+fn chown_tree(path: &Path, owner: &Owner) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(owner.uid.as_raw()), Some(owner.gid.as_raw()))
+        .map_err(io_err("changing the owner of", path))?;
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(io_err("reading", path))? {
+            let entry = entry.map_err(io_err("reading", path))?;
+            chown_tree(&entry.path(), owner)?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -78,8 +180,10 @@ impl BackupHooks for PgDriver {
 
     async fn tool_access(&self, ctx: &OpContext) -> Result<ToolAccess> {
         ctx.cancelled()?;
-        let tmp_dir = self.state_dir.join("tmp");
-        ensure_dir(&tmp_dir, 0o700, None)?;
+        let tmp_dir = self.state_dir.join(TOOL_TMP_DIR);
+        ensure_dir(&self.state_dir, 0o700, None)?;
+        // The OS user's, so restore tools running as it may use it too.
+        ensure_dir(&tmp_dir, 0o700, self.owner()?.as_ref())?;
         Ok(ToolAccess {
             bin_dirs: self.bin_dirs(),
             socket: self.run_dir.clone(),
@@ -110,8 +214,13 @@ impl BackupHooks for PgDriver {
     }
 
     async fn prepare_restore(&self, ctx: &OpContext) -> Result<()> {
-        self.require_initialised("prepare a restore")?;
-        self.stash_local_files()?;
+        // A complete stash is this server's files from an earlier prepare whose restore did
+        // not finish: the data directory may hold part of the source's by now, so the stash
+        // is kept rather than taken again.
+        if !self.stash_complete() {
+            self.require_initialised("prepare a restore")?;
+            self.stash_local_files()?;
+        }
         self.stop(ctx, StopMode::Fast).await?;
         ctx.cancelled()?;
         tracing::info!(data_dir = %self.data_dir.display(), "Emptying the data directory for a restore.");
@@ -119,21 +228,25 @@ impl BackupHooks for PgDriver {
     }
 
     async fn finish_restore(&self, ctx: &OpContext) -> Result<()> {
+        ctx.cancelled()?;
         self.require_initialised("finish a restore")?;
-        self.unstash_local_files()?;
-        // The source's replication state and run files mean nothing here.
-        for name in [
-            ROLE_CONF_FILE,
-            PASSFILE,
-            STANDBY_SIGNAL,
-            RECOVERY_SIGNAL,
-            "postmaster.pid",
-            "postmaster.opts",
-        ] {
+        let owner = self.owner()?;
+        if let Some(o) = &owner {
+            chown_tree(&self.data_dir, o)?;
+        }
+        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("setting the mode of", &self.data_dir))?;
+        self.unstash_local_files(owner.as_ref())?;
+        for name in SOURCE_ONLY_FILES {
             remove_if_exists(&self.data_dir.join(name))?;
         }
-        self.write_access_files(self.owner()?.as_ref())?;
-        self.start(ctx).await
+        self.write_access_files(owner.as_ref())?;
+        self.ensure_managed_include(owner.as_ref())?;
+        tracing::info!(port = self.port, "Starting the restored server.");
+        self.start(ctx).await?;
+        self.adopt_role_passwords().await?;
+        let dir = self.stash_dir();
+        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
     }
 }
 
@@ -145,5 +258,34 @@ mod tests {
     fn physical_strategy_is_the_default() {
         assert_eq!(STRATEGIES.first(), Some(&"pg_basebackup"));
         assert!(LOCAL_FILES.contains(&"postgresql.conf"));
+        assert!(LOCAL_FILES.contains(&MANAGED_CONF_FILE));
+        assert!(SOURCE_ONLY_FILES.contains(&STANDBY_SIGNAL));
+    }
+
+    #[test]
+    fn the_managed_include_is_counted_by_line() {
+        assert_eq!(include_count("port = 5432\n"), 0);
+        assert_eq!(include_count(&include_line()), 1);
+        assert_eq!(
+            include_count("#include 'guest-agent.conf'\n  include 'guest-agent.conf'  \n"),
+            1
+        );
+    }
+
+    #[test]
+    fn chown_tree_walks_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("a/link")).unwrap();
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap();
+        let owner = Owner {
+            name: me.name,
+            uid: me.uid,
+            gid: me.gid,
+        };
+        chown_tree(dir.path(), &owner).unwrap();
     }
 }
