@@ -60,7 +60,8 @@ impl PgDriver {
         Ok(())
     }
 
-    async fn role_exists(&self, client: &Client, name: &str) -> Result<bool> {
+    /// Whether the role `name` exists.
+    pub(crate) async fn role_exists(&self, client: &Client, name: &str) -> Result<bool> {
         let row = client
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
             .await

@@ -21,10 +21,7 @@ use crate::replication::{
     LOCAL_FILES, PASSFILE, RECOVERY_SIGNAL, STANDBY_SIGNAL, remove_if_exists,
 };
 use crate::sql::{Connector, password_literal, quote_ident, read_admin_password};
-use crate::{
-    ADMIN_USER, MANAGED_CONF_FILE, PgDriver, REPLICATION_PASSWORD_FILE, REPLICATION_USER,
-    ROLE_CONF_FILE,
-};
+use crate::{ADMIN_USER, MANAGED_CONF_FILE, PgDriver, REPLICATION_USER, ROLE_CONF_FILE};
 
 /// Physical first: the default.
 const STRATEGIES: &[StrategyId] = &["pg_basebackup", "pg_dump"];
@@ -123,20 +120,11 @@ impl PgDriver {
             ))
             .await
             .map_err(stmt(Some(Subject::user(ADMIN_USER))))?;
-        let stored = self.state_dir.join(REPLICATION_PASSWORD_FILE);
-        if !stored.try_exists().map_err(io_err("inspecting", &stored))? {
+        let Some(password) = self.stored_replication_password()? else {
             return Ok(());
-        }
-        let password = read_admin_password(&stored)?;
+        };
         let subject = Some(Subject::user(REPLICATION_USER));
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_roles WHERE rolname = $1",
-                &[&REPLICATION_USER],
-            )
-            .await
-            .map_err(stmt(subject))?
-            .is_some();
+        let exists = self.role_exists(&client, REPLICATION_USER).await?;
         if exists {
             client
                 .batch_execute(&format!(

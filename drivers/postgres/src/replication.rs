@@ -274,7 +274,7 @@ impl PgDriver {
     }
 
     /// The stored replication password, if this node knows it.
-    fn stored_replication_password(&self) -> Result<Option<Password>> {
+    pub(crate) fn stored_replication_password(&self) -> Result<Option<Password>> {
         let path = self.replication_password_path();
         if !path.try_exists().map_err(io_err("inspecting", &path))? {
             return Ok(None);
@@ -313,14 +313,7 @@ impl PgDriver {
     async fn ensure_replication_role(&self, ctx: &OpContext) -> Result<Password> {
         let client = self.session.client().await?;
         let subject = Some(Subject::user(REPLICATION_USER));
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_roles WHERE rolname = $1",
-                &[&REPLICATION_USER],
-            )
-            .await
-            .map_err(stmt(subject))?
-            .is_some();
+        let exists = self.role_exists(&client, REPLICATION_USER).await?;
         let role = quote_ident(REPLICATION_USER)?;
         let password = match self.stored_replication_password()? {
             Some(p) if exists => p,
