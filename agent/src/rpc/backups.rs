@@ -54,6 +54,29 @@ fn op_failed(e: &RpcError) -> OpState {
     }
 }
 
+/// Average raw bytes per second of `bytes` moved in `elapsed`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    (bytes as f64 / elapsed.as_secs_f64().max(1e-6)) as u64
+}
+
+/// The chain ending at `key`, full backup first; a missing backup is `NotFound`.
+async fn load_chain(svc: &BackupService, key: &ObjectKey) -> Result<Vec<Manifest>, RpcError> {
+    match svc.engine().chain(key).await {
+        Ok(c) => Ok(c),
+        Err(e) if e.is_not_found() => Err(DriverError::NotFound {
+            what: "backup",
+            name: key.to_string(),
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Fails unless every backup of `chain` can be read with `key`: checked before a restore
 /// touches anything.
 fn check_keys(
@@ -261,7 +284,7 @@ impl Dispatcher {
             let building = this.update(&order.id, BackupState::Building, backup_type);
             this.send_update(&building, 1).await;
             let outcome = this
-                .run_backup(&svc, hooks_of(&this), &order, strategy.as_ref(), parent, &id, &c)
+                .run_backup(&svc, &order, strategy.as_ref(), parent, &id, &c)
                 .await;
             let (state, mut last) = match &outcome {
                 Ok((result, report)) => {
@@ -292,18 +315,16 @@ impl Dispatcher {
         Ok(json!({"operation": op}))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_backup(
         self: &Arc<Self>,
         svc: &BackupService,
-        hooks: Result<&dyn BackupHooks, RpcError>,
         order: &BackupOrder,
         strategy: &dyn guest_agent_backup::BackupStrategy,
         parent: Option<ObjectKey>,
         op_id: &str,
         c: &OpContext,
     ) -> Result<(Value, guest_agent_backup::BackupReport), RpcError> {
-        let hooks = hooks?;
+        let hooks = self.hooks("create_backup")?;
         let started = std::time::Instant::now();
         svc.ensure_store().await?;
         if let (Some(pk), Some(p)) = (&parent, &order.parent) {
@@ -386,15 +407,13 @@ impl Dispatcher {
         match result {
             Ok(report) => {
                 let d = &report.manifest.data;
-                let secs = report.elapsed.as_secs_f64().max(1e-6);
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let rate = (d.raw_size as f64 / secs) as u64;
-                self.metrics
-                    .backup_finished("backup", true, d.raw_size, d.stored_size, rate);
+                self.metrics.backup_finished(
+                    "backup",
+                    true,
+                    d.raw_size,
+                    d.stored_size,
+                    rate(d.raw_size, report.elapsed),
+                );
                 let location = svc.location(&report.manifest_key);
                 tracing::info!(backup_id = %order.id, %location, raw = d.raw_size, stored = d.stored_size, "Backup completed.");
                 let result = json!({
@@ -474,15 +493,13 @@ impl Dispatcher {
         if !is_logical(&strategy_id) {
             hooks.finish_restore(c).await?;
         }
-        let secs = report.elapsed.as_secs_f64().max(1e-6);
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rate = (report.raw_bytes as f64 / secs) as u64;
-        self.metrics
-            .backup_finished("restore", true, report.raw_bytes, report.stored_bytes, rate);
+        self.metrics.backup_finished(
+            "restore",
+            true,
+            report.raw_bytes,
+            report.stored_bytes,
+            rate(report.raw_bytes, report.elapsed),
+        );
         tracing::info!(chain = ?report.chain, raw = report.raw_bytes, "Backup restored.");
         Ok(())
     }
@@ -496,17 +513,7 @@ impl Dispatcher {
         key: &ObjectKey,
         backup: &BackupRef,
     ) -> Result<(String, Vec<Manifest>), RpcError> {
-        let chain = match svc.engine().chain(key).await {
-            Ok(c) => c,
-            Err(e) if e.is_not_found() => {
-                return Err(DriverError::NotFound {
-                    what: "backup",
-                    name: key.to_string(),
-                }
-                .into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let chain = load_chain(svc, key).await?;
         let Some(last) = chain.last() else {
             return Err(RpcError::Internal("empty backup chain".to_owned()));
         };
@@ -528,6 +535,40 @@ impl Dispatcher {
         Ok((last.strategy.clone(), chain))
     }
 
+    /// Runs `work` as the tracked operation `method` (under the datastore's write lock when
+    /// `exclusive`) and answers `{"operation": ...}` at once.
+    fn spawn_tracked<F>(
+        self: &Arc<Self>,
+        method: &'static str,
+        ctx: &RequestContext,
+        exclusive: bool,
+        work: impl FnOnce(Arc<Self>, String, OpContext) -> F,
+    ) -> Value
+    where
+        F: std::future::Future<Output = Result<Value, RpcError>> + Send + 'static,
+    {
+        let op = self.ops.begin(method, &ctx.request_id);
+        let id = op.id.clone();
+        let fut = work(Arc::clone(self), id.clone(), self.op_context(ctx));
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let _lock = if exclusive {
+                Some(this.datastore.write().await)
+            } else {
+                None
+            };
+            let state = match fut.await {
+                Ok(result) => OpState::Succeeded { result },
+                Err(e) => {
+                    tracing::warn!(operation = %id, method, error = %e, "Tracked operation failed.");
+                    op_failed(&e)
+                }
+            };
+            this.ops.finish(&id, state);
+        });
+        json!({"operation": op})
+    }
+
     /// `restore_backup`: loads a logical backup into this running server (tracked).
     pub(super) fn start_logical_restore(
         self: &Arc<Self>,
@@ -540,68 +581,43 @@ impl Dispatcher {
         let svc = Arc::clone(self.backup_service()?);
         self.hooks(M)?;
         let key = self.backup_key(M, "backup_info.location", &backup)?;
-        let op = self.ops.begin(M, &ctx.request_id);
-        let this = Arc::clone(self);
-        let id = op.id.clone();
-        let c = self.op_context(ctx);
-        self.tasks.spawn(async move {
-            let _lock = this.datastore.write().await;
-            let outcome: Result<Value, RpcError> = async {
-                let hooks = this.hooks(M)?;
-                let (strategy_id, _chain) =
-                    this.check_restorable(&svc, hooks, &key, &backup).await?;
-                if !is_logical(&strategy_id) {
-                    return Err(RpcError::invalid_args(
-                        M,
-                        "backup_info.location",
-                        format!(
-                            "'{strategy_id}' is a physical backup: it is restored by prepare \
-                             into a new instance"
-                        ),
-                    ));
-                }
-                let access = hooks.tool_access(&c).await?;
-                // The same server: its roles own what they owned.
-                let strategy = BackupService::strategy(&strategy_id, &access, true)?;
-                let req = RestoreRequest {
-                    database: database.as_ref().map(|d| d.as_str().to_owned()),
-                    ..RestoreRequest::default()
-                };
-                let r = svc
-                    .engine()
-                    .restore(
-                        strategy.as_ref(),
-                        &key,
-                        req,
-                        svc.key(),
-                        Some(this.progress_fn(&id, None)),
-                        &c.cancel,
-                    )
-                    .await;
-                let r = match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        this.metrics.backup_finished("restore", false, 0, 0, 0);
-                        return Err(e.into());
-                    }
-                };
-                this.metrics
-                    .backup_finished("restore", true, r.raw_bytes, r.stored_bytes, 0);
-                Ok(json!({"restored": r.chain, "raw_bytes": r.raw_bytes,
-                          "stored_bytes": r.stored_bytes,
-                          "elapsed_secs": r.elapsed.as_secs_f64()}))
+        Ok(self.spawn_tracked(M, ctx, true, |this, id, c| async move {
+            let hooks = this.hooks(M)?;
+            let (strategy_id, _chain) = this.check_restorable(&svc, hooks, &key, &backup).await?;
+            if !is_logical(&strategy_id) {
+                return Err(RpcError::invalid_args(
+                    M,
+                    "backup_info.location",
+                    format!(
+                        "'{strategy_id}' is a physical backup: it is restored by prepare into a \
+                         new instance"
+                    ),
+                ));
             }
-            .await;
-            let state = match &outcome {
-                Ok(v) => OpState::Succeeded { result: v.clone() },
-                Err(e) => {
-                    tracing::error!(operation = %id, error = %e, "Restore failed.");
-                    op_failed(e)
-                }
+            let access = hooks.tool_access(&c).await?;
+            // The same server: its roles own what they owned.
+            let strategy = BackupService::strategy(&strategy_id, &access, true)?;
+            let req = RestoreRequest {
+                database: database.as_ref().map(|d| d.as_str().to_owned()),
+                ..RestoreRequest::default()
             };
-            this.ops.finish(&id, state);
-        });
-        Ok(json!({"operation": op}))
+            let progress = Some(this.progress_fn(&id, None));
+            let r = svc
+                .engine()
+                .restore(strategy.as_ref(), &key, req, svc.key(), progress, &c.cancel)
+                .await
+                .inspect_err(|_| this.metrics.backup_finished("restore", false, 0, 0, 0))?;
+            this.metrics.backup_finished(
+                "restore",
+                true,
+                r.raw_bytes,
+                r.stored_bytes,
+                rate(r.raw_bytes, r.elapsed),
+            );
+            Ok(json!({"restored": r.chain, "raw_bytes": r.raw_bytes,
+                      "stored_bytes": r.stored_bytes,
+                      "elapsed_secs": r.elapsed.as_secs_f64()}))
+        }))
     }
 
     /// `verify_backup`: authenticates and checksums a backup and its parents (tracked).
@@ -613,66 +629,29 @@ impl Dispatcher {
         const M: &str = "verify_backup";
         let svc = Arc::clone(self.backup_service()?);
         let key = self.backup_key(M, "backup_info.location", &backup)?;
-        let op = self.ops.begin(M, &ctx.request_id);
-        let this = Arc::clone(self);
-        let id = op.id.clone();
-        let c = self.op_context(ctx);
-        self.tasks.spawn(async move {
-            let outcome: Result<Value, RpcError> = async {
-                let chain = match svc.engine().chain(&key).await {
-                    Ok(c) => c,
-                    Err(e) if e.is_not_found() => {
-                        return Err(DriverError::NotFound {
-                            what: "backup",
-                            name: key.to_string(),
-                        }
-                        .into());
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(last) = chain.last() {
-                    check_checksum(&backup, &key, last)?;
-                }
-                check_keys(&chain, svc.key())?;
-                let mut verified = Vec::new();
-                for m in &chain {
-                    let mk = Manifest::key_for(&m.data_key()?)?;
-                    let r = svc
-                        .engine()
-                        .verify(&mk, svc.key(), Some(this.progress_fn(&id, None)), &c.cancel)
-                        .await;
-                    match r {
-                        Ok(r) => {
-                            this.metrics.backup_finished(
-                                "verify",
-                                true,
-                                r.raw_bytes,
-                                r.stored_bytes,
-                                0,
-                            );
-                            verified.push(json!({"backup_id": r.backup_id,
-                                "stored_bytes": r.stored_bytes, "raw_bytes": r.raw_bytes,
-                                "sha256": r.sha256}));
-                        }
-                        Err(e) => {
-                            this.metrics.backup_finished("verify", false, 0, 0, 0);
-                            return Err(e.into());
-                        }
-                    }
-                }
-                Ok(json!({"verified": verified}))
+        Ok(self.spawn_tracked(M, ctx, false, |this, id, c| async move {
+            let chain = load_chain(&svc, &key).await?;
+            if let Some(last) = chain.last() {
+                check_checksum(&backup, &key, last)?;
             }
-            .await;
-            let state = match &outcome {
-                Ok(v) => OpState::Succeeded { result: v.clone() },
-                Err(e) => {
-                    tracing::warn!(operation = %id, error = %e, "Backup verification failed.");
-                    op_failed(e)
-                }
-            };
-            this.ops.finish(&id, state);
-        });
-        Ok(json!({"operation": op}))
+            check_keys(&chain, svc.key())?;
+            let mut verified = Vec::new();
+            for m in &chain {
+                let mk = Manifest::key_for(&m.data_key()?)?;
+                let progress = Some(this.progress_fn(&id, None));
+                let r = svc
+                    .engine()
+                    .verify(&mk, svc.key(), progress, &c.cancel)
+                    .await
+                    .inspect_err(|_| this.metrics.backup_finished("verify", false, 0, 0, 0))?;
+                this.metrics
+                    .backup_finished("verify", true, r.raw_bytes, r.stored_bytes, 0);
+                verified.push(json!({"backup_id": r.backup_id,
+                    "stored_bytes": r.stored_bytes, "raw_bytes": r.raw_bytes,
+                    "sha256": r.sha256}));
+            }
+            Ok(json!({"verified": verified}))
+        }))
     }
 
     /// `delete_backup`: the manifest first (it stops being a backup), then the data.
@@ -753,10 +732,6 @@ async fn child_of(svc: &BackupService, key: &ObjectKey) -> Result<Option<String>
         }
     }
     Ok(None)
-}
-
-fn hooks_of(d: &Dispatcher) -> Result<&dyn BackupHooks, RpcError> {
-    d.hooks("create_backup")
 }
 
 fn chain_last_id(chain: &[Manifest]) -> String {
