@@ -21,7 +21,7 @@ pub mod strategy;
 
 /// Re-exported so strategies written outside this crate use the same macro version.
 pub use async_trait::async_trait;
-pub use budget::MemoryBudget;
+pub use budget::{BufferPool, MemoryBudget, PoolBuf};
 pub use error::{BackupError, CryptoError, Result, StoreErrorKind};
 pub use manifest::Manifest;
 pub use pipeline::encrypt::{Cipher, InstanceKey};

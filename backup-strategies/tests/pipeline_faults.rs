@@ -30,6 +30,7 @@ const PART: usize = 256 << 10;
 fn opts() -> PipelineOpts {
     PipelineOpts {
         chunk_size: CHUNK,
+        block_size: CHUNK,
         part_size: PART,
         concurrency: 3,
         depth: 2,
@@ -859,4 +860,65 @@ impl guest_agent_backup::BackupStrategy for DevFull {
     ) -> guest_agent_backup::Result<()> {
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn restores_backups_sealed_with_other_chunk_sizes() {
+    let env = Env::new();
+    let key = InstanceKey::generate().unwrap();
+    // Engines with exactly the budget their options ask for: the default engine's budget must
+    // also hold the larger chunks of backups it restores.
+    let exact = |o: PipelineOpts| {
+        BackupEngine::new(env.store(), Arc::new(ProcessRunner::new()), o).unwrap()
+    };
+    let restorer = exact(PipelineOpts {
+        retry: RetryPolicy::quick(3),
+        ..PipelineOpts::default()
+    });
+    assert_eq!(restorer.opts().chunk_size, 256 << 10);
+    let data = pattern(3 << 20, 9);
+    let input = env.input("in", &data);
+    for (id, chunk, ok) in [("c1m", 1 << 20, true), ("c2m", 2 << 20, false)] {
+        let maker = exact(PipelineOpts {
+            chunk_size: chunk,
+            retry: RetryPolicy::quick(3),
+            ..PipelineOpts::default()
+        });
+        let rep = maker
+            .backup(
+                &FileStrategy::cat(&input),
+                &spec(id, Some(&key)),
+                None,
+                &never(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rep.manifest.encryption.as_ref().unwrap().chunk_size,
+            chunk as u64
+        );
+        let out = env.target(id);
+        let r = restorer
+            .restore(
+                &FileStrategy::cat(&input),
+                &rep.manifest_key,
+                restore_req(&out),
+                Some(&key),
+                None,
+                &never(),
+            )
+            .await;
+        if ok {
+            assert_eq!(r.unwrap().raw_bytes, data.len() as u64);
+            assert!(std::fs::read(FileStrategy::restored(&out)).unwrap() == data);
+            assert!(restorer.budget().peak() <= restorer.budget().capacity());
+        } else {
+            let e = r.unwrap_err();
+            assert!(
+                matches!(&e, BackupError::InvalidArgument { field, .. } if field == "chunk_size"),
+                "{e:?}"
+            );
+        }
+    }
+    assert_eq!(restorer.budget().in_use(), 0);
 }

@@ -435,8 +435,8 @@ pub struct BackupSection {
     pub compression_level: i32,
     /// zstd worker threads (0 = compress on the pipeline's own thread).
     pub compression_workers: u32,
-    /// Size of each uploaded part in MiB (5 to 512); memory use is about
-    /// `part_size_mib × (upload_concurrency + 1)`.
+    /// Size of each uploaded part in MiB (5 to 512); the pipeline's buffers take about
+    /// `part_size_mib × (upload_concurrency + 1) + 6` MiB, plus about 9 MiB for zstd.
     pub part_size_mib: u64,
     /// Parts uploaded at once (1 to 16).
     pub upload_concurrency: usize,
@@ -467,7 +467,7 @@ impl Default for BackupSection {
             compression_level: 3,
             compression_workers: 2,
             part_size_mib: 8,
-            upload_concurrency: 3,
+            upload_concurrency: 2,
             upload_limit_bytes_per_sec: None,
             download_limit_bytes_per_sec: None,
             verify_before_restore: false,

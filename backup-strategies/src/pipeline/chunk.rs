@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::budget::{BudgetPermit, MemoryBudget};
+use crate::budget::{BudgetPermit, BufferPool, PoolBuf};
 use crate::error::{BackupError, Result};
 
 /// A buffer and the budget it holds; the budget is returned when the block is dropped.
@@ -16,7 +16,7 @@ use crate::error::{BackupError, Result};
 pub struct Block {
     /// The bytes.
     pub data: Bytes,
-    _permit: BudgetPermit,
+    _permit: Option<BudgetPermit>,
 }
 
 impl Block {
@@ -24,7 +24,15 @@ impl Block {
     pub fn new(data: Bytes, permit: BudgetPermit) -> Self {
         Self {
             data,
-            _permit: permit,
+            _permit: Some(permit),
+        }
+    }
+
+    /// A block of a pooled buffer (which carries its own permit back to the pool).
+    pub fn pooled(buf: PoolBuf) -> Self {
+        Self {
+            data: buf.freeze(),
+            _permit: None,
         }
     }
 }
@@ -39,7 +47,7 @@ pub fn read_chunks<R>(
     mut reader: R,
     chunk: usize,
     depth: usize,
-    budget: MemoryBudget,
+    pool: BufferPool,
     counter: Arc<AtomicU64>,
 ) -> BlockRx
 where
@@ -48,22 +56,22 @@ where
     let (tx, rx) = mpsc::channel(depth.max(1));
     tokio::spawn(async move {
         loop {
-            let permit = match budget.acquire(chunk).await {
-                Ok(p) => p,
+            let mut buf = match pool.get(chunk).await {
+                Ok(b) => b,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            let mut buf = BytesMut::with_capacity(chunk);
             let mut eof = false;
-            while buf.len() < chunk {
-                match reader.read_buf(&mut buf).await {
+            while !buf.is_full() {
+                match reader.read(buf.spare()).await {
                     Ok(0) => {
                         eof = true;
                         break;
                     }
                     Ok(n) => {
+                        buf.advance(n);
                         counter.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -74,7 +82,7 @@ where
                     }
                 }
             }
-            if !buf.is_empty() && tx.send(Ok(Block::new(buf.freeze(), permit))).await.is_err() {
+            if !buf.is_empty() && tx.send(Ok(Block::pooled(buf))).await.is_err() {
                 return;
             }
             if eof {
@@ -89,9 +97,9 @@ where
 /// each when full (or on [`BlockWriter::finish`]). Used as the `io::Write` sink of zstd.
 pub struct BlockWriter {
     tx: mpsc::Sender<Result<Block>>,
-    budget: MemoryBudget,
+    pool: BufferPool,
     chunk: usize,
-    cur: Option<(BytesMut, BudgetPermit)>,
+    cur: Option<PoolBuf>,
     written: u64,
     limit: Option<u64>,
 }
@@ -101,13 +109,13 @@ impl BlockWriter {
     /// fails (a guard for decompression).
     pub fn new(
         tx: mpsc::Sender<Result<Block>>,
-        budget: MemoryBudget,
+        pool: BufferPool,
         chunk: usize,
         limit: Option<u64>,
     ) -> Self {
         Self {
             tx,
-            budget,
+            pool,
             chunk,
             cur: None,
             written: 0,
@@ -121,11 +129,11 @@ impl BlockWriter {
     }
 
     fn send_current(&mut self) -> std::io::Result<()> {
-        if let Some((buf, permit)) = self.cur.take()
+        if let Some(buf) = self.cur.take()
             && !buf.is_empty()
         {
             self.tx
-                .blocking_send(Ok(Block::new(buf.freeze(), permit)))
+                .blocking_send(Ok(Block::pooled(buf)))
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stage closed"))?;
         }
         Ok(())
@@ -153,19 +161,18 @@ impl std::io::Write for BlockWriter {
         }
         while !data.is_empty() {
             if self.cur.is_none() {
-                let permit = self
-                    .budget
-                    .acquire_blocking(self.chunk)
+                let buf = self
+                    .pool
+                    .get_blocking(self.chunk)
                     .map_err(std::io::Error::other)?;
-                self.cur = Some((BytesMut::with_capacity(self.chunk), permit));
+                self.cur = Some(buf);
             }
-            let Some((buf, _)) = self.cur.as_mut() else {
+            let Some(buf) = self.cur.as_mut() else {
                 break;
             };
-            let take = (self.chunk - buf.len()).min(data.len());
-            buf.extend_from_slice(&data[..take]);
+            let take = buf.fill_from(data);
             data = &data[take..];
-            if buf.len() == self.chunk {
+            if buf.is_full() {
                 self.send_current()?;
             }
         }

@@ -23,7 +23,7 @@
 use std::fmt;
 
 use aead_stream::{NewStream, StreamBE32, StreamPrimitive};
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, Buffer, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use chacha20poly1305::ChaCha20Poly1305;
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ impl Stream {
         })
     }
 
-    fn seal(&self, index: u32, last: bool, aad: &[u8], buf: &mut Vec<u8>) -> Result<()> {
+    fn seal(&self, index: u32, last: bool, aad: &[u8], buf: &mut dyn Buffer) -> Result<()> {
         let r = match self {
             Self::Aes(s) => s.encrypt_in_place(index, last, aad, buf),
             Self::ChaCha(s) => s.encrypt_in_place(index, last, aad, buf),
@@ -166,7 +166,7 @@ impl Stream {
         r.map_err(|_| BackupError::Internal("chunk encryption failed".into()))
     }
 
-    fn open(&self, index: u32, last: bool, aad: &[u8], buf: &mut Vec<u8>) -> bool {
+    fn open(&self, index: u32, last: bool, aad: &[u8], buf: &mut dyn Buffer) -> bool {
         let r = match self {
             Self::Aes(s) => s.decrypt_in_place(index, last, aad, buf),
             Self::ChaCha(s) => s.decrypt_in_place(index, last, aad, buf),
@@ -253,7 +253,7 @@ impl Sealer {
     ///
     /// # Errors
     /// `Internal` for a wrong-size chunk, a chunk after the last or counter exhaustion.
-    pub fn seal(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<()> {
+    pub fn seal(&mut self, buf: &mut dyn Buffer, last: bool) -> Result<()> {
         if self.done || buf.len() > self.chunk || (!last && buf.len() != self.chunk) {
             return Err(BackupError::Internal(
                 "chunk sealed out of order or size".into(),
@@ -397,7 +397,7 @@ impl Opener {
     /// # Errors
     /// `Tampered` when authentication fails, `Truncated` when a full chunk at the end of the
     /// stream is not the sealed last one, `Tampered` for data after the last chunk.
-    pub fn open(&mut self, buf: &mut Vec<u8>, at_end: bool) -> Result<()> {
+    pub fn open(&mut self, buf: &mut dyn Buffer, at_end: bool) -> Result<()> {
         if self.done {
             return Err(CryptoError::Tampered.into());
         }
@@ -411,7 +411,8 @@ impl Opener {
         }
         let index = self.next;
         if at_end {
-            let keep = buf.clone();
+            // Opening in place destroys the sealed bytes; keep them for the probe below.
+            let keep = buf.as_ref().to_vec();
             if self.stream.open(index, true, &self.header, buf) {
                 self.done = true;
                 self.next = self.next.saturating_add(1);
@@ -439,48 +440,41 @@ pub fn encrypt_stage(
     mut input: super::chunk::BlockRx,
     mut sealer: Sealer,
     depth: usize,
-    budget: crate::budget::MemoryBudget,
+    pool: crate::budget::BufferPool,
 ) -> super::chunk::BlockRx {
     use super::chunk::Block;
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
     tokio::task::spawn_blocking(move || {
         let chunk = sealer.chunk_size();
-        let send = |buf: Vec<u8>, permit| {
-            tx.blocking_send(Ok(Block::new(bytes::Bytes::from(buf), permit)))
-                .is_ok()
-        };
+        let send = |buf| tx.blocking_send(Ok(Block::pooled(buf))).is_ok();
         let mut run = || -> Result<bool> {
-            let hp = budget.acquire_blocking(HEADER_LEN)?;
-            if !send(sealer.header().to_vec(), hp) {
+            let mut header = pool.get_blocking(HEADER_LEN)?;
+            header.fill_from(sealer.header());
+            if !send(header) {
                 return Ok(false);
             }
-            let new_buf = || -> Result<_> {
-                Ok((
-                    Vec::with_capacity(chunk + TAG_LEN),
-                    budget.acquire_blocking(chunk + TAG_LEN)?,
-                ))
-            };
+            // Room for the tag, which sealing appends in place.
+            let new_buf = || pool.get_blocking(chunk + TAG_LEN);
             let mut cur = new_buf()?;
             while let Some(item) = input.blocking_recv() {
                 let block = item?;
                 let mut data: &[u8] = &block.data;
                 while !data.is_empty() {
-                    if cur.0.len() == chunk {
+                    if cur.len() == chunk {
                         // More data follows, so this full chunk is not the last.
-                        let (mut buf, permit) = std::mem::replace(&mut cur, new_buf()?);
+                        let mut buf = std::mem::replace(&mut cur, new_buf()?);
                         sealer.seal(&mut buf, false)?;
-                        if !send(buf, permit) {
+                        if !send(buf) {
                             return Ok(false);
                         }
                     }
-                    let take = (chunk - cur.0.len()).min(data.len());
-                    cur.0.extend_from_slice(&data[..take]);
+                    let take = (chunk - cur.len()).min(data.len());
+                    cur.fill_from(&data[..take]);
                     data = &data[take..];
                 }
             }
-            let (mut buf, permit) = cur;
-            sealer.seal(&mut buf, true)?;
-            Ok(send(buf, permit))
+            sealer.seal(&mut cur, true)?;
+            Ok(send(cur))
         };
         if let Err(e) = run() {
             let _ = tx.blocking_send(Err(e));
@@ -498,7 +492,7 @@ pub fn decrypt_stage(
     backup_id: String,
     max_chunk: usize,
     depth: usize,
-    budget: crate::budget::MemoryBudget,
+    pool: crate::budget::BufferPool,
 ) -> super::chunk::BlockRx {
     use super::chunk::Block;
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
@@ -506,7 +500,7 @@ pub fn decrypt_stage(
         let mut run = || -> Result<bool> {
             let mut header = Vec::with_capacity(HEADER_LEN);
             let mut opener: Option<Opener> = None;
-            let mut cur: Option<(Vec<u8>, crate::budget::BudgetPermit)> = None;
+            let mut cur: Option<crate::budget::PoolBuf> = None;
             while let Some(item) = input.blocking_recv() {
                 let block = item?;
                 let mut data: &[u8] = &block.data;
@@ -522,23 +516,19 @@ pub fn decrypt_stage(
                     };
                     let sealed = o.sealed_chunk_size();
                     // A full chunk with more data behind it is not the last one.
-                    if cur.as_ref().is_some_and(|(b, _)| b.len() == sealed)
-                        && let Some((mut buf, permit)) = cur.take()
+                    if cur.as_ref().is_some_and(|b| b.len() == sealed)
+                        && let Some(mut buf) = cur.take()
                     {
                         o.open(&mut buf, false)?;
-                        if tx
-                            .blocking_send(Ok(Block::new(bytes::Bytes::from(buf), permit)))
-                            .is_err()
-                        {
+                        if tx.blocking_send(Ok(Block::pooled(buf))).is_err() {
                             return Ok(false);
                         }
                     }
                     if cur.is_none() {
-                        cur = Some((Vec::with_capacity(sealed), budget.acquire_blocking(sealed)?));
+                        cur = Some(pool.get_blocking(sealed)?);
                     }
-                    if let Some((buf, _)) = cur.as_mut() {
-                        let take = (sealed - buf.len()).min(data.len());
-                        buf.extend_from_slice(&data[..take]);
+                    if let Some(buf) = cur.as_mut() {
+                        let take = buf.fill_from(data);
                         data = &data[take..];
                     }
                 }
@@ -546,14 +536,12 @@ pub fn decrypt_stage(
             let Some(o) = opener.as_mut() else {
                 return Err(CryptoError::Truncated.into());
             };
-            let (mut buf, permit) = match cur.take() {
+            let mut buf = match cur.take() {
                 Some(c) => c,
-                None => (Vec::new(), budget.acquire_blocking(0)?),
+                None => pool.get_blocking(0)?,
             };
             o.open(&mut buf, true)?;
-            Ok(tx
-                .blocking_send(Ok(Block::new(bytes::Bytes::from(buf), permit)))
-                .is_ok())
+            Ok(tx.blocking_send(Ok(Block::pooled(buf))).is_ok())
         };
         if let Err(e) = run() {
             let _ = tx.blocking_send(Err(e));

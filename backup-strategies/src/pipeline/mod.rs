@@ -28,7 +28,7 @@ use self::compress::ZstdOpts;
 use self::encrypt::{Cipher, InstanceKey, Sealer, TAG_LEN};
 use self::rate::RateLimiter;
 use self::upload::{UploadOpts, upload};
-use crate::budget::MemoryBudget;
+use crate::budget::{BufferPool, MemoryBudget};
 use crate::error::{BackupError, CryptoError, Result};
 use crate::manifest::{
     BackupKind, CompressionInfo, DataInfo, EncryptionInfo, MANIFEST_FORMAT, Manifest,
@@ -37,14 +37,22 @@ use crate::run::ToolRunner;
 use crate::store::{ObjectKey, ObjectStore, RetryPolicy};
 use crate::strategy::{BackupRequest, BackupStrategy, RestoreRequest};
 
-/// Largest chunk accepted when reading a stored backup (a guard against absurd headers).
+/// Largest chunk size an engine can be configured with.
 const MAX_CHUNK: usize = 64 << 20;
+
+/// Restores accept stored chunks up to this size even when the engine seals smaller ones, so
+/// backups made with other chunk sizes (up to 1 MiB) stay restorable.
+const RESTORE_CHUNK_FLOOR: usize = 1 << 20;
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
 pub struct PipelineOpts {
-    /// Plaintext bytes per block and per encrypted chunk.
+    /// Plaintext bytes per encrypted chunk (part of the stored format; restores read the size
+    /// from the stored header and accept up to this or 1 MiB, whichever is larger).
     pub chunk_size: usize,
+    /// Bytes per block passed between the tool, zstd and the cipher (not stored anywhere):
+    /// small blocks keep the queues between stages small.
+    pub block_size: usize,
     /// Blocks queued between two stages.
     pub depth: usize,
     /// zstd settings.
@@ -70,12 +78,15 @@ pub struct PipelineOpts {
 impl Default for PipelineOpts {
     fn default() -> Self {
         Self {
-            chunk_size: 1 << 20,
+            // Small chunks keep the queue of sealed chunks small; a 16-byte tag per 256 KiB
+            // costs nothing measurable.
+            chunk_size: 256 << 10,
+            block_size: 256 << 10,
             depth: 2,
             zstd: ZstdOpts::default(),
             cipher: Cipher::default(),
             part_size: 8 << 20,
-            concurrency: 3,
+            concurrency: 2,
             retry: RetryPolicy::default(),
             upload_rate: None,
             download_rate: None,
@@ -88,16 +99,29 @@ impl Default for PipelineOpts {
 impl PipelineOpts {
     /// The budget that lets every stage hold its most at once: parts in flight plus the one
     /// being filled, and per stage boundary `depth + 2` blocks (queued, being sent, being
-    /// filled), with per-buffer rounding slack. Waiting on such a budget never deadlocks.
+    /// filled) — two boundaries of plain blocks and one of sealed chunks, either way round —
+    /// with per-buffer rounding slack. Waiting on such a budget never deadlocks.
     pub fn required_budget(&self) -> usize {
-        let block = self.chunk_size + TAG_LEN + 1024;
+        let sealed = self.chunk_size + TAG_LEN + 1024;
+        let stored = self.restore_chunk_max() + TAG_LEN + 1024;
+        let block = self.block_size + 1024;
         let parts = (self.concurrency + 1) * (self.part_size + 1024);
-        parts + 3 * (self.depth + 2) * block + encrypt::HEADER_LEN + 1024
+        let backup = parts + (self.depth + 2) * (2 * block + sealed);
+        let restore = (self.depth + 2) * (2 * block + stored);
+        backup.max(restore) + encrypt::HEADER_LEN + 1024
+    }
+
+    /// The largest stored chunk a restore accepts.
+    fn restore_chunk_max(&self) -> usize {
+        self.chunk_size.max(RESTORE_CHUNK_FLOOR)
     }
 
     fn validate(&self) -> Result<()> {
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK {
             return Err(BackupError::invalid("chunk_size", "1 byte to 64 MiB"));
+        }
+        if self.block_size == 0 || self.block_size > MAX_CHUNK {
+            return Err(BackupError::invalid("block_size", "1 byte to 64 MiB"));
         }
         if self.part_size == 0 || self.concurrency == 0 || self.depth == 0 {
             return Err(BackupError::invalid(
@@ -429,14 +453,16 @@ impl BackupEngine {
         let tool = self.runner.spawn_reader(&cmd).await?;
         let killer = tool.killer.clone();
         let raw = Arc::new(AtomicU64::new(0));
+        // This backup's buffers, freed when it ends.
+        let pool = BufferPool::new(self.budget.clone());
         let rx = chunk::read_chunks(
             tool.stdout,
-            o.chunk_size,
+            o.block_size,
             o.depth,
-            self.budget.clone(),
+            pool.clone(),
             Arc::clone(&raw),
         );
-        let rx = compress::compress(rx, o.zstd, o.chunk_size, o.depth, self.budget.clone());
+        let rx = compress::compress(rx, o.zstd, o.block_size, o.depth, pool.clone());
         let encryption = sealer.as_ref().map(|_| EncryptionInfo {
             cipher: o.cipher,
             chunk_size: o.chunk_size as u64,
@@ -448,7 +474,7 @@ impl BackupEngine {
             format: 1,
         });
         let rx = match sealer {
-            Some(s) => encrypt::encrypt_stage(rx, s, o.depth, self.budget.clone()),
+            Some(s) => encrypt::encrypt_stage(rx, s, o.depth, pool.clone()),
             None => rx,
         };
         let done = tool.done;
@@ -469,7 +495,7 @@ impl BackupEngine {
             Arc::clone(&self.store),
             &data_key,
             &uopts,
-            &self.budget,
+            &pool,
             gate,
             &on_stored,
             &job,
@@ -621,12 +647,14 @@ impl BackupEngine {
         cancel: &CancellationToken,
     ) -> Result<chunk::BlockRx> {
         let o = &self.opts;
+        // This stream's buffers, freed when it ends.
+        let pool = BufferPool::new(self.budget.clone());
         let rx = restore::download(
             Arc::clone(&self.store),
             m,
-            o.chunk_size,
+            o.block_size,
             o.depth,
-            self.budget.clone(),
+            pool.clone(),
             Self::rate(o.download_rate),
             o.retry,
             stored,
@@ -638,18 +666,18 @@ impl BackupEngine {
                 k.clone(),
                 m.backup_id.clone(),
                 // Stored chunks must fit this engine's budgeted buffers.
-                o.chunk_size,
+                o.restore_chunk_max(),
                 o.depth,
-                self.budget.clone(),
+                pool.clone(),
             ),
             (Some(_), None) => return Err(BackupError::invalid("key", "required")),
             (None, _) => rx,
         };
         Ok(compress::decompress(
             rx,
-            o.chunk_size,
+            o.block_size,
             o.depth,
-            self.budget.clone(),
+            pool,
             Some(m.data.raw_size),
         ))
     }

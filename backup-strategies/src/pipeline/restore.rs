@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::checksum::Checksummer;
 use super::chunk::{Block, BlockRx};
 use super::rate::RateLimiter;
-use crate::budget::{BudgetPermit, MemoryBudget};
+use crate::budget::{BufferPool, PoolBuf};
 use crate::error::{BackupError, CryptoError, Result};
 use crate::manifest::Manifest;
 use crate::run::{RunningSink, ToolExit};
@@ -45,7 +44,7 @@ pub fn download(
     m: &Manifest,
     chunk: usize,
     depth: usize,
-    budget: MemoryBudget,
+    pool: BufferPool,
     rate: Option<Arc<RateLimiter>>,
     retry: RetryPolicy,
     stored: Arc<AtomicU64>,
@@ -69,7 +68,7 @@ pub fn download(
             }
             let mut body = retry.run(&cancel, || store.get(&key, None)).await?;
             let mut sum = Checksummer::new();
-            let mut cur: Option<(BytesMut, BudgetPermit)> = None;
+            let mut cur: Option<PoolBuf> = None;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -86,23 +85,22 @@ pub fn download(
                 let mut data: &[u8] = &bytes;
                 while !data.is_empty() {
                     if cur.is_none() {
-                        cur = Some((BytesMut::with_capacity(chunk), budget.acquire(chunk).await?));
+                        cur = Some(pool.get(chunk).await?);
                     }
-                    if let Some((buf, _)) = cur.as_mut() {
-                        let take = (chunk - buf.len()).min(data.len());
-                        buf.extend_from_slice(&data[..take]);
+                    if let Some(buf) = cur.as_mut() {
+                        let take = buf.fill_from(data);
                         data = &data[take..];
-                        if buf.len() == chunk
-                            && let Some((buf, p)) = cur.take()
-                            && tx.send(Ok(Block::new(buf.freeze(), p))).await.is_err()
+                        if buf.is_full()
+                            && let Some(buf) = cur.take()
+                            && tx.send(Ok(Block::pooled(buf))).await.is_err()
                         {
                             return Ok(());
                         }
                     }
                 }
             }
-            if let Some((buf, p)) = cur.take()
-                && tx.send(Ok(Block::new(buf.freeze(), p))).await.is_err()
+            if let Some(buf) = cur.take()
+                && tx.send(Ok(Block::pooled(buf))).await.is_err()
             {
                 return Ok(());
             }

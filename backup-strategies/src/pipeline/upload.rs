@@ -10,14 +10,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::checksum::{Checksum, Checksummer};
 use super::chunk::BlockRx;
 use super::rate::RateLimiter;
-use crate::budget::{BudgetPermit, MemoryBudget};
+use crate::budget::{BufferPool, PoolBuf};
 use crate::error::{BackupError, Result};
 use crate::store::{MAX_PARTS, ObjectKey, ObjectStore, PartReceipt, RetryPolicy, UploadId};
 
@@ -67,7 +66,7 @@ pub async fn upload<G, T>(
     store: Arc<dyn ObjectStore>,
     key: &ObjectKey,
     opts: &UploadOpts,
-    budget: &MemoryBudget,
+    pool: &BufferPool,
     gate: G,
     on_stored: &(dyn Fn(u64) + Send + Sync),
     cancel: &CancellationToken,
@@ -82,7 +81,7 @@ where
         ));
     }
     let mut sum = Checksummer::new();
-    let mut part: Option<(BytesMut, BudgetPermit)> = None;
+    let mut part: Option<PoolBuf> = None;
     let mut mp: Option<Multipart> = None;
     let mut landed = 0u64;
     // Stops retries of in-flight parts once the upload has failed.
@@ -100,10 +99,7 @@ where
             sum.update(&block.data);
             let mut data: &[u8] = &block.data;
             while !data.is_empty() {
-                if part
-                    .as_ref()
-                    .is_some_and(|(b, _)| b.len() == opts.part_size)
-                {
+                if part.as_ref().is_some_and(PoolBuf::is_full) {
                     // More data follows, so the full part goes out now.
                     if let Some(full) = part.take() {
                         send_part(
@@ -120,12 +116,10 @@ where
                     }
                 }
                 if part.is_none() {
-                    let permit = budget.acquire(opts.part_size).await?;
-                    part = Some((BytesMut::with_capacity(opts.part_size), permit));
+                    part = Some(pool.get(opts.part_size).await?);
                 }
-                if let Some((buf, _)) = part.as_mut() {
-                    let take = (opts.part_size - buf.len()).min(data.len());
-                    buf.extend_from_slice(&data[..take]);
+                if let Some(buf) = part.as_mut() {
+                    let take = buf.fill_from(data);
                     data = &data[take..];
                 }
             }
@@ -136,7 +130,7 @@ where
 
         match mp.as_mut() {
             None => {
-                let body = part.take().map(|(b, _p)| b.freeze()).unwrap_or_default();
+                let body = part.take().map(PoolBuf::freeze).unwrap_or_default();
                 let meta = wait_gate(gate, cancel).await?;
                 if let Some(r) = &opts.rate {
                     r.take(body.len() as u64).await;
@@ -259,7 +253,7 @@ fn reap_finished(
 #[allow(clippy::too_many_arguments)]
 async fn send_part(
     mp: &mut Option<Multipart>,
-    (buf, permit): (BytesMut, BudgetPermit),
+    buf: PoolBuf,
     store: &Arc<dyn ObjectStore>,
     key: &ObjectKey,
     opts: &UploadOpts,
@@ -303,7 +297,6 @@ async fn send_part(
     let rate = opts.rate.clone();
     let stop = stop.clone();
     m.tasks.spawn(async move {
-        let _permit = permit;
         if let Some(r) = rate {
             r.take(body.len() as u64).await;
         }

@@ -154,6 +154,18 @@ fn supervise(
     })
 }
 
+/// Pipe capacity asked for between a tool and the pipeline (Linux's default is 64 KiB).
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Widens the pipe to a streaming tool: a tool writing 1 GB through 64 KiB of pipe wakes the
+/// pipeline (and is woken) tens of thousands of times. Kernel memory, not the agent's; a
+/// refusal (e.g. above `/proc/sys/fs/pipe-max-size`) keeps the default.
+fn widen_pipe(fd: &impl std::os::fd::AsFd) {
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        tracing::debug!(error = %e, "Could not widen the tool's pipe.");
+    }
+}
+
 #[async_trait]
 impl ToolRunner for ProcessRunner {
     fn kind(&self) -> &'static str {
@@ -171,6 +183,7 @@ impl ToolRunner for ProcessRunner {
             .stdout
             .take()
             .ok_or_else(|| BackupError::Internal("no stdout pipe".into()))?;
+        widen_pipe(&stdout);
         let killer = ToolKiller::new();
         Ok(RunningTool {
             stdout: Box::pin(stdout),
@@ -191,6 +204,7 @@ impl ToolRunner for ProcessRunner {
             .stdin
             .take()
             .ok_or_else(|| BackupError::Internal("no stdin pipe".into()))?;
+        widen_pipe(&stdin);
         let killer = ToolKiller::new();
         Ok(RunningSink {
             stdin: Box::pin(stdin),
