@@ -40,7 +40,31 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Heap allocations from 128 KiB up get their own mappings, returned to the OS when freed.
+const MMAP_THRESHOLD: i32 = 128 << 10;
+
+/// Fixes glibc's mmap threshold. Left adaptive, glibc raises it to the size of any large block
+/// freed, after which zstd's megabyte job buffers (allocated anew by every backup, from
+/// whichever threads run it) stay cached in per-thread arenas: the agent's resident set grew by
+/// about 4 MiB with each backup, by 28 MiB over seven. A fixed threshold keeps every backup's
+/// memory at the pipeline budget and gives it back afterwards. Only this process is affected;
+/// the datastore's tools keep their own allocator settings.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn fix_malloc_thresholds() {
+    // SAFETY: mallopt only changes allocator parameters; it is thread-safe and runs here
+    // before any other thread exists. It returns 0 on failure, which leaves glibc's defaults.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok == 0 {
+        eprintln!("guest-agent: could not fix the allocator's mmap threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_thresholds() {}
+
 fn main() -> ExitCode {
+    fix_malloc_thresholds();
     // Must run before any TLS configuration is built: only ring is compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
