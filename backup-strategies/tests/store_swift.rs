@@ -106,3 +106,76 @@ async fn preauth_and_bad_credentials() {
     );
     assert!(!e.is_retryable());
 }
+
+/// Collects a whole stream.
+async fn read_all(
+    store: &impl ObjectStore,
+    key: &ObjectKey,
+    range: Option<std::ops::Range<u64>>,
+) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store
+        .get(key, range)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn more_parts_than_a_manifest_holds_become_a_nested_slo() {
+    let container = support::unique("ga-nest");
+    // Four segments per manifest, far below the cluster's 1000, so a few parts nest: 11 parts
+    // need one level of sub-manifests (3), 17 need two (5, then 2).
+    let store = SwiftStoreBuilder::new(support::swift_auth(), &container)
+        .with_max_manifest_segments(4)
+        .build()
+        .unwrap();
+    store.ensure_containers().await.unwrap();
+    assert_eq!(store.max_manifest_segments().await, 4);
+    // Without a limit of its own, the store takes the cluster's (tools/swift.sh sets 1200).
+    let plain = support::swift_store(&container).await;
+    assert_eq!(plain.max_manifest_segments().await, 1200);
+    let segs = support::swift_segments(&container);
+    let key = ObjectKey::new("nested/big").unwrap();
+    for (round, parts, manifests) in [(0u8, 11u32, 3usize), (1, 17, 7)] {
+        let id = store.create_multipart(&key).await.unwrap();
+        let mut receipts = Vec::new();
+        let mut expected = Vec::new();
+        for n in 1..=parts {
+            let body = pattern(
+                1000 + n as usize,
+                round.wrapping_add(u8::try_from(n).unwrap()),
+            );
+            expected.extend_from_slice(&body);
+            receipts.push(store.put_part(&key, &id, n, body).await.unwrap());
+        }
+        let done = store.complete_multipart(&key, &id, receipts).await.unwrap();
+        assert_eq!(done.size, expected.len() as u64);
+        assert_eq!(store.head(&key).await.unwrap().size, expected.len() as u64);
+        assert!(
+            read_all(&store, &key, None).await == expected,
+            "round {round}: bytes differ"
+        );
+        // A range across sub-manifest boundaries.
+        let (a, b) = (3_500usize, 9_700usize);
+        let got = read_all(&store, &key, Some(a as u64..b as u64)).await;
+        assert!(got == expected[a..b], "round {round}: range differs");
+        let listed: Vec<_> = store.list("nested/").try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(store.list_pending_uploads("").await.unwrap().is_empty());
+        // Only this version's segments and sub-manifests remain (the overwrite removed the
+        // first version's, nested ones included).
+        let left: Vec<_> = segs.list("").try_collect().await.unwrap();
+        assert_eq!(
+            left.len(),
+            parts as usize + manifests,
+            "round {round}: {left:?}"
+        );
+    }
+    store.delete(&key).await.unwrap();
+    let left: Vec<_> = segs.list("").try_collect().await.unwrap();
+    assert!(left.is_empty(), "segments left: {left:?}");
+    store.delete_containers().await.unwrap();
+}

@@ -10,6 +10,12 @@
 //! `<key>/<upload id>/pending` in the segments container lists the upload as pending until it is
 //! completed or aborted; `abort` deletes the segments and the marker. Each segment is sent with
 //! its MD5 as `ETag`, so Swift refuses a body corrupted on the way (422).
+//!
+//! A manifest lists at most the cluster's `max_manifest_segments` (1000 by default, read from
+//! `/info`). An upload with more parts is completed as a nested SLO: sub-manifests
+//! `<key>/<upload id>/manifest-<level>-<n>` in the segments container, each listing at most that
+//! many, and the object's manifest listing them. Deleting or overwriting the object removes the
+//! sub-manifests and their segments too.
 
 use std::fmt;
 use std::ops::Range;
@@ -38,6 +44,8 @@ const MAX_JSON: usize = 16 << 20;
 const PAGE: usize = 10_000;
 /// Name of the marker that keeps an upload listed as pending.
 const PENDING: &str = "pending";
+/// Swift's default `max_manifest_segments`, used when the cluster does not publish `/info`.
+const DEFAULT_MAX_SEGMENTS: usize = 1000;
 
 /// How to obtain a token and storage URL.
 #[derive(Clone)]
@@ -115,6 +123,7 @@ pub struct SwiftStoreBuilder {
     auth: SwiftAuth,
     container: String,
     segments: Option<String>,
+    max_segments: Option<usize>,
     ca_pem: Option<Vec<u8>>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -127,6 +136,7 @@ impl SwiftStoreBuilder {
             auth,
             container: container.into(),
             segments: None,
+            max_segments: None,
             ca_pem: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
@@ -137,6 +147,13 @@ impl SwiftStoreBuilder {
     #[must_use]
     pub fn with_segments_container(mut self, name: impl Into<String>) -> Self {
         self.segments = Some(name.into());
+        self
+    }
+
+    /// Lists at most `n` (at least 2) segments per manifest, below the cluster's own limit.
+    #[must_use]
+    pub fn with_max_manifest_segments(mut self, n: usize) -> Self {
+        self.max_segments = Some(n.max(2));
         self
     }
 
@@ -201,6 +218,8 @@ impl SwiftStoreBuilder {
             auth: self.auth,
             container: self.container,
             segments,
+            max_segments: self.max_segments,
+            cluster_max_segments: Arc::new(tokio::sync::OnceCell::new()),
             session: Arc::new(RwLock::new(session)),
         })
     }
@@ -219,6 +238,8 @@ pub struct SwiftStore {
     auth: SwiftAuth,
     container: String,
     segments: String,
+    max_segments: Option<usize>,
+    cluster_max_segments: Arc<tokio::sync::OnceCell<usize>>,
     session: Arc<RwLock<Option<Session>>>,
 }
 
@@ -330,13 +351,16 @@ fn header(resp: &Response, name: &str) -> Option<String> {
 #[derive(Serialize)]
 struct SloSegment<'a> {
     path: &'a str,
-    etag: &'a str,
-    size_bytes: u64,
+    /// `None` (null) for a sub-manifest: Swift then checks neither.
+    etag: Option<&'a str>,
+    size_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct SloEntry {
     name: String,
+    #[serde(default)]
+    sub_slo: bool,
 }
 
 #[derive(Deserialize)]
@@ -633,7 +657,8 @@ impl SwiftStore {
         }
     }
 
-    /// The segment names of the SLO at `key`, or `None` when it is not an SLO (or missing).
+    /// The segment paths of the SLO at `key` (with the sub-manifests of a nested SLO and their
+    /// segments), or `None` when it is not an SLO (or missing).
     async fn slo_segments(&self, key: &ObjectKey) -> Result<Option<Vec<String>>> {
         let resp = self
             .send("head", key.as_str(), |c, s| {
@@ -651,28 +676,103 @@ impl SwiftStore {
         if !is_slo {
             return Ok(None);
         }
+        let mut out = Vec::new();
+        let mut manifests = vec![(self.container.clone(), key.as_str().to_owned())];
+        while let Some((container, name)) = manifests.pop() {
+            for e in self.manifest_entries(&container, &name).await? {
+                if e.sub_slo
+                    && let Some((c, n)) = e.name.trim_start_matches('/').split_once('/')
+                {
+                    manifests.push((c.to_owned(), n.to_owned()));
+                }
+                out.push(e.name);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The entries of the manifest at `container`/`name`.
+    async fn manifest_entries(&self, container: &str, name: &str) -> Result<Vec<SloEntry>> {
         let resp = self
-            .send("get_manifest", key.as_str(), |c, s| {
+            .send("get_manifest", name, |c, s| {
                 c.get(format!(
                     "{}?multipart-manifest=get",
-                    Self::object_url(s, &self.container, key.as_str())
+                    Self::object_url(s, container, name)
                 ))
             })
             .await?;
         if !resp.status().is_success() {
-            return Err(status_err("get_manifest", key.as_str(), resp).await);
+            return Err(status_err("get_manifest", name, resp).await);
         }
-        let raw = read_limited("get_manifest", key.as_str(), resp, MAX_JSON).await?;
-        let entries: Vec<SloEntry> = serde_json::from_slice(&raw).map_err(|e| {
+        let raw = read_limited("get_manifest", name, resp, MAX_JSON).await?;
+        serde_json::from_slice(&raw).map_err(|e| {
             BackupError::store(
                 NAME,
                 "get_manifest",
-                key.as_str(),
+                name,
                 StoreErrorKind::Protocol,
                 e.to_string(),
             )
-        })?;
-        Ok(Some(entries.into_iter().map(|e| e.name).collect()))
+        })
+    }
+
+    /// Segments listed per manifest: the builder's limit, capped by the one the cluster
+    /// publishes in `/info` (1000 when it publishes none). Asked once per store.
+    pub async fn max_manifest_segments(&self) -> usize {
+        let cluster = *self
+            .cluster_max_segments
+            .get_or_init(|| async {
+                self.published_max_segments()
+                    .await
+                    .unwrap_or(DEFAULT_MAX_SEGMENTS)
+            })
+            .await;
+        self.max_segments.map_or(cluster, |m| m.min(cluster))
+    }
+
+    /// `slo.max_manifest_segments` from the cluster's `/info`, when it publishes one.
+    async fn published_max_segments(&self) -> Option<usize> {
+        let s = self.session().await.ok()?;
+        let (base, _) = s.storage_url.split_once("/v1/")?;
+        let resp = self.http.get(format!("{base}/info")).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let raw = read_limited("info", "", resp, MAX_JSON).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        v.get("slo")?
+            .get("max_manifest_segments")?
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n >= 2)
+    }
+
+    /// Writes an SLO manifest listing `entries` (path, etag, size) at `container`/`name`.
+    async fn put_manifest(
+        &self,
+        container: &str,
+        name: &str,
+        entries: &[(String, Option<String>, Option<u64>)],
+    ) -> Result<Response> {
+        let manifest: Vec<SloSegment<'_>> = entries
+            .iter()
+            .map(|(path, etag, size)| SloSegment {
+                path,
+                etag: etag.as_deref(),
+                size_bytes: *size,
+            })
+            .collect();
+        let body = serde_json::to_vec(&manifest)
+            .map_err(|e| BackupError::Internal(format!("SLO manifest: {e}")))?;
+        self.put_object(
+            "complete_multipart",
+            container,
+            name,
+            "?multipart-manifest=put",
+            Bytes::from(body),
+            None,
+        )
+        .await
     }
 
     /// Deletes segments (given as `/container/name` paths) that `keep` does not list; used after
@@ -826,32 +926,33 @@ impl ObjectStore for SwiftStore {
         parts: Vec<PartReceipt>,
     ) -> Result<PutReceipt> {
         let prefix = Self::upload_prefix(key, id);
-        let paths: Vec<String> = parts
-            .iter()
-            .map(|p| format!("/{}/{prefix}{:08}", self.segments, p.number))
-            .collect();
-        let manifest: Vec<SloSegment<'_>> = parts
-            .iter()
-            .zip(&paths)
-            .map(|(p, path)| SloSegment {
-                path,
-                etag: &p.etag,
-                size_bytes: p.size,
+        let size = parts.iter().map(|p| p.size).sum();
+        let mut level: Vec<(String, Option<String>, Option<u64>)> = parts
+            .into_iter()
+            .map(|p| {
+                let path = format!("/{}/{prefix}{:08}", self.segments, p.number);
+                (path, Some(p.etag), Some(p.size))
             })
             .collect();
-        let body = serde_json::to_vec(&manifest)
-            .map_err(|e| BackupError::Internal(format!("SLO manifest: {e}")))?;
-        let size = parts.iter().map(|p| p.size).sum();
+        // Every path the object will reference, kept when an old version's segments go.
+        let mut paths: Vec<String> = level.iter().map(|(p, _, _)| p.clone()).collect();
+        let max = self.max_manifest_segments().await;
+        let mut depth = 0;
+        while level.len() > max {
+            let mut next = Vec::with_capacity(level.len().div_ceil(max));
+            for (i, group) in level.chunks(max).enumerate() {
+                let name = format!("{prefix}manifest-{depth}-{i:05}");
+                self.put_manifest(&self.segments, &name, group).await?;
+                let path = format!("/{}/{name}", self.segments);
+                paths.push(path.clone());
+                next.push((path, None, None));
+            }
+            level = next;
+            depth += 1;
+        }
         let old = self.slo_segments(key).await?;
         let resp = self
-            .put_object(
-                "complete_multipart",
-                &self.container,
-                key.as_str(),
-                "?multipart-manifest=put",
-                Bytes::from(body),
-                None,
-            )
+            .put_manifest(&self.container, key.as_str(), &level)
             .await?;
         let etag = header(&resp, "etag").map(|e| unquote(&e));
         self.delete_object(

@@ -61,7 +61,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn swift_auth() -> SwiftAuth {
+pub fn swift_auth() -> SwiftAuth {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = swift_auth_url();
     require_swift(&url);
