@@ -449,6 +449,14 @@ async fn bench_datastore(args: &Args, maria: bool, keys: &Path) -> Result<Value>
         hand_walls.push(hand);
     }
     let hwm = proc_kib(node.pid(), "VmHWM").unwrap_or(0);
+    // What the agent keeps once its backups are done (the pipeline's memory should be gone).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proc_kib(node.pid(), "VmRSS").unwrap_or(0);
+    println!(
+        "{name}: RSS idle {} MiB before the backups, {} MiB after them",
+        mib(idle),
+        mib(after)
+    );
     remove_bucket(&hand_bucket);
 
     // Restore the last backup into a fresh instance.
@@ -489,6 +497,7 @@ async fn bench_datastore(args: &Args, maria: bool, keys: &Path) -> Result<Value>
         "agent_idle_rss_mib": mib(idle),
         "agent_peak_rss_during_backup_mib": mib(peaks.iter().copied().max().unwrap_or(0)),
         "agent_vmhwm_mib": mib(hwm),
+        "agent_rss_after_backups_mib": mib(after),
         "small": {
             "data_dir_bytes": small_size,
             "raw_bytes": small_result["raw_bytes"],
