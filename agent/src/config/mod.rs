@@ -436,7 +436,7 @@ pub struct BackupSection {
     /// zstd worker threads (0 = compress on the pipeline's own thread).
     pub compression_workers: u32,
     /// Size of each uploaded part in MiB (5 to 512); the pipeline's buffers take about
-    /// `part_size_mib × (upload_concurrency + 1) + 6` MiB, plus about 9 MiB for zstd.
+    /// `part_size_mib × (upload_concurrency + 1) + 3` MiB, plus about 16 MiB for zstd.
     pub part_size_mib: u64,
     /// Parts uploaded at once (1 to 16).
     pub upload_concurrency: usize,
