@@ -8,32 +8,21 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::budget::{BudgetPermit, BufferPool, PoolBuf};
+use crate::budget::{BufferPool, PoolBuf};
 use crate::error::{BackupError, Result};
 
-/// A buffer and the budget it holds; the budget is returned when the block is dropped.
+/// Bytes of a pooled buffer; the buffer (and the budget it holds) goes back to its pool when
+/// the last reference to the bytes drops.
 #[derive(Debug)]
 pub struct Block {
     /// The bytes.
     pub data: Bytes,
-    _permit: Option<BudgetPermit>,
 }
 
 impl Block {
-    /// Wraps `data` with the `permit` that pays for it.
-    pub fn new(data: Bytes, permit: BudgetPermit) -> Self {
-        Self {
-            data,
-            _permit: Some(permit),
-        }
-    }
-
-    /// A block of a pooled buffer (which carries its own permit back to the pool).
+    /// A block of a pooled buffer.
     pub fn pooled(buf: PoolBuf) -> Self {
-        Self {
-            data: buf.freeze(),
-            _permit: None,
-        }
+        Self { data: buf.freeze() }
     }
 }
 
